@@ -1,0 +1,47 @@
+//! `gaussskip` command-line tool. With no subcommand it runs `demo`.
+
+mod demo;
+mod fit;
+mod info;
+mod skip;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gaussskip", version, about = "Skip the first steps of diffusion sampling with the exact Gaussian PF-ODE map")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model file: dimension, rank, spectrum, commitment noise levels.
+    Info(info::Args),
+    /// Jump a batch of noisy samples (.npy) from one noise level to another.
+    Skip(skip::Args),
+    /// Fit a Gaussian model to a dataset (image folder, .npy/.npz, safetensors).
+    Fit(fit::Args),
+    /// The main job: fit MNIST, sample with the ideal model with and without jumps, report.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| {
+        match Cli::parse_from(["gaussskip", "demo"]).command {
+            Some(c) => c,
+            None => unreachable!("demo was given"),
+        }
+    });
+    let result = match command {
+        Command::Info(a) => info::run(a),
+        Command::Skip(a) => skip::run(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("gaussskip: error: {e}");
+        std::process::exit(1);
+    }
+}

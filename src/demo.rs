@@ -1,0 +1,1 @@
+//! The demo: the skip judged against the true PF-ODE of real data.

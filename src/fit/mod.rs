@@ -1,0 +1,1 @@
+//! Fitting a Gaussian model from data: streaming mergeable moments and eigendecomposition.

@@ -1,0 +1,1 @@
+//! The exact optimal denoiser of a finite dataset (the "ideal model").

@@ -1,0 +1,396 @@
+//! The Gaussian model G = (mean, eigvecs, eigvals, residual_var), its validation and its
+//! safetensors file format (SPEC §2, §7).
+//!
+//! Storage: `mean` and `eigvecs` in f32 (they are what the fast paths stream), `eigvals` and
+//! `residual_var` in f64 (they only feed the per-mode coefficients). `eigvecs` is row-major
+//! `rank x dim`: row k is the unit eigenvector u_k, contiguous.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+
+/// Largest allowed deviation of the eigenvector Gram matrix from the identity, per entry
+/// (and of each eigenvector's norm from 1).
+pub const ORTHONORMAL_TOL: f64 = 1e-3;
+
+/// The model-file format name, stored in the metadata key `format`.
+pub const FILE_FORMAT: &str = "gaussskip";
+/// The model-file format version, stored in the metadata key `format_version`.
+pub const FILE_FORMAT_VERSION: u32 = 1;
+
+/// Above this many multiply-adds the Gram check uses random probes instead of the full
+/// `rank x rank` product (a full-rank 16384-dim model would otherwise take minutes to load).
+const EXACT_GRAM_BUDGET: f64 = 1e11;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Descriptive metadata carried in the model file.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ModelMeta {
+    /// Shape of one data item, e.g. `[3, 32, 32]` (product = dim); empty when unknown.
+    pub item_shape: Vec<usize>,
+    /// The space the data vectors live in, e.g. `"[-1,1]"`.
+    pub value_space: String,
+    /// Number of data items the moments were computed from (0 when unknown).
+    pub sample_count: u64,
+    /// Free text: where the model came from.
+    pub source: String,
+}
+
+/// An immutable Gaussian model; cheap to share across threads (`Arc<Model>`).
+#[derive(Debug)]
+pub struct Model {
+    dim: usize,
+    rank: usize,
+    mean: Vec<f32>,
+    eigvals: Vec<f64>,
+    eigvecs: Vec<f32>,
+    residual_var: f64,
+    meta: ModelMeta,
+    id: u64,
+}
+
+impl Model {
+    /// Builds a model from its parts, validating everything.
+    ///
+    /// `eigvecs` is row-major `rank x dim` (row k = u_k), `eigvals` non-increasing and >= 0.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` for inconsistent lengths, `NonFinite` for NaN/Inf, `InvalidModel` for
+    /// negative or unsorted variances or eigenvectors that are not orthonormal within
+    /// [`ORTHONORMAL_TOL`].
+    pub fn from_parts(
+        mean: Vec<f32>,
+        eigvals: Vec<f64>,
+        eigvecs: Vec<f32>,
+        residual_var: f64,
+        meta: ModelMeta,
+    ) -> Result<Model> {
+        let dim = mean.len();
+        let rank = eigvals.len();
+        if dim == 0 {
+            return Err(Error::shape("mean", "dim >= 1", 0));
+        }
+        if rank == 0 || rank > dim {
+            return Err(Error::shape("eigvals", format!("1..={dim} values"), rank));
+        }
+        if eigvecs.len() != rank * dim {
+            return Err(Error::shape(
+                "eigvecs",
+                format!("{rank} x {dim} = {}", rank * dim),
+                eigvecs.len(),
+            ));
+        }
+        crate::error::check_finite("mean", &mean)?;
+        crate::error::check_finite("eigvals", &eigvals)?;
+        crate::error::check_finite("eigvecs", &eigvecs)?;
+        crate::error::check_finite("residual_var", &[residual_var])?;
+        if let Some(k) = eigvals.iter().position(|&l| l < 0.0) {
+            return Err(Error::InvalidModel(format!(
+                "eigvals[{k}] = {} is negative",
+                eigvals[k]
+            )));
+        }
+        if let Some(k) = (1..rank).find(|&k| eigvals[k] > eigvals[k - 1]) {
+            return Err(Error::InvalidModel(format!(
+                "eigvals must be sorted in non-increasing order, but eigvals[{k}] = {} > eigvals[{}] = {}",
+                eigvals[k],
+                k - 1,
+                eigvals[k - 1]
+            )));
+        }
+        if residual_var < 0.0 {
+            return Err(Error::InvalidModel(format!(
+                "residual_var = {residual_var} is negative"
+            )));
+        }
+        if !item_shape_fits(&meta.item_shape, dim) {
+            return Err(Error::InvalidModel(format!(
+                "item shape {:?} does not have {dim} elements",
+                meta.item_shape
+            )));
+        }
+        check_orthonormal(&eigvecs, rank, dim)?;
+        Ok(Model {
+            dim,
+            rank,
+            mean,
+            eigvals,
+            eigvecs,
+            residual_var,
+            meta,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Data dimension d.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of modes r.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    /// The mean, length d.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+    /// Mode variances, non-increasing, length r.
+    pub fn eigvals(&self) -> &[f64] {
+        &self.eigvals
+    }
+    /// Eigenvectors, row-major r x d.
+    pub fn eigvecs(&self) -> &[f32] {
+        &self.eigvecs
+    }
+    /// Variance of every direction orthogonal to the eigenvectors.
+    pub fn residual_var(&self) -> f64 {
+        self.residual_var
+    }
+    /// Descriptive metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+    /// A process-unique identity, used by backends to cache uploaded copies.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Writes the model as safetensors, atomically (a temporary file in the same folder,
+    /// flushed, then renamed over `path`).
+    ///
+    /// # Errors
+    /// `Io` when the folder is not writable or the disk is full; the target is untouched then.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let f64_bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mean = f32_bytes(&self.mean);
+        let eigvals = f64_bytes(&self.eigvals);
+        let eigvecs = f32_bytes(&self.eigvecs);
+        let resid = f64_bytes(&[self.residual_var]);
+        fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> TensorView<'_> {
+            TensorView::new(dtype, shape, data).expect("tensor sizes are consistent by construction")
+        }
+        let tensors = vec![
+            ("mean", view(Dtype::F32, vec![self.dim], &mean)),
+            ("eigvals", view(Dtype::F64, vec![self.rank], &eigvals)),
+            ("eigvecs", view(Dtype::F32, vec![self.rank, self.dim], &eigvecs)),
+            ("residual_var", view(Dtype::F64, vec![], &resid)),
+        ];
+        let shape_text = self
+            .meta
+            .item_shape
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let meta: HashMap<String, String> = [
+            ("format", FILE_FORMAT.to_string()),
+            ("format_version", FILE_FORMAT_VERSION.to_string()),
+            ("item_shape", shape_text),
+            ("value_space", self.meta.value_space.clone()),
+            ("sample_count", self.meta.sample_count.to_string()),
+            ("source", self.meta.source.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let bytes = safetensors::tensor::serialize(tensors, Some(meta))
+            .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads and validates a model file.
+    ///
+    /// # Errors
+    /// `Io` when the file cannot be read; `FileFormat` naming the file and what is wrong:
+    /// truncated or corrupt safetensors, a missing tensor, a wrong dtype or shape, a wrong
+    /// format name or version, or any validation failure of [`Model::from_parts`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_safetensors_bytes(&bytes, path)
+    }
+
+    fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Model> {
+        let bad = |reason: String| Error::format(path, reason);
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let meta_map = header.metadata().clone().unwrap_or_default();
+        match meta_map.get("format").map(String::as_str) {
+            Some(FILE_FORMAT) => {}
+            Some(other) => return Err(bad(format!("metadata format is {other:?}, expected {FILE_FORMAT:?}"))),
+            None => return Err(bad(format!("metadata key `format` is missing (expected {FILE_FORMAT:?})"))),
+        }
+        let version = meta_map.get("format_version").map(String::as_str).unwrap_or("");
+        if version != FILE_FORMAT_VERSION.to_string() {
+            return Err(bad(format!(
+                "format_version {version:?} is not supported (this build reads version {FILE_FORMAT_VERSION})"
+            )));
+        }
+        let get = |name: &str, want_rank: usize| -> Result<(Vec<usize>, Vec<f64>)> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+            let shape = t.shape().to_vec();
+            if shape.len() != want_rank {
+                return Err(bad(format!(
+                    "tensor `{name}` has shape {shape:?}, expected {want_rank} dimension(s)"
+                )));
+            }
+            let data = t.data();
+            let values = match t.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has dtype {other:?}, expected F32 or F64"
+                    )))
+                }
+            };
+            Ok((shape, values))
+        };
+        let (_, mean) = get("mean", 1)?;
+        let (_, eigvals) = get("eigvals", 1)?;
+        let (vshape, eigvecs) = get("eigvecs", 2)?;
+        let (_, resid) = get("residual_var", 0)?;
+        if vshape != [eigvals.len(), mean.len()] {
+            return Err(bad(format!(
+                "tensor `eigvecs` has shape {vshape:?}, expected [{}, {}] (eigvals x mean)",
+                eigvals.len(),
+                mean.len()
+            )));
+        }
+        let item_shape = parse_item_shape(meta_map.get("item_shape").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("metadata item_shape: {e}")))?;
+        let sample_count = match meta_map.get("sample_count").map(String::as_str) {
+            None | Some("") => 0,
+            Some(s) => s
+                .parse()
+                .map_err(|_| bad(format!("metadata sample_count {s:?} is not a whole number")))?,
+        };
+        let meta = ModelMeta {
+            item_shape,
+            value_space: meta_map.get("value_space").cloned().unwrap_or_default(),
+            sample_count,
+            source: meta_map.get("source").cloned().unwrap_or_default(),
+        };
+        Model::from_parts(
+            mean.iter().map(|&v| v as f32).collect(),
+            eigvals,
+            eigvecs.iter().map(|&v| v as f32).collect(),
+            resid[0],
+            meta,
+        )
+        .map_err(|e| bad(e.to_string()))
+    }
+}
+
+fn item_shape_fits(shape: &[usize], dim: usize) -> bool {
+    shape.is_empty() || shape.iter().product::<usize>() == dim
+}
+
+/// Parses "3,32,32" (empty text = unknown shape).
+pub fn parse_item_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(format!("{text:?} is not a comma-separated list of positive sizes")),
+        })
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees a half-written file and a failure leaves the old file in place.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::arg("path", format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Checks row norms and the Gram matrix E E^T against the identity.
+fn check_orthonormal(eigvecs: &[f32], rank: usize, dim: usize) -> Result<()> {
+    for k in 0..rank {
+        let row = &eigvecs[k * dim..(k + 1) * dim];
+        let n2: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        if (n2.sqrt() - 1.0).abs() > ORTHONORMAL_TOL {
+            return Err(Error::InvalidModel(format!(
+                "eigenvector {k} has norm {:.6}, expected 1 (tolerance {ORTHONORMAL_TOL})",
+                n2.sqrt()
+            )));
+        }
+    }
+    let e = faer::MatRef::from_row_major_slice(eigvecs, rank, dim);
+    if (rank * rank) as f64 * dim as f64 <= EXACT_GRAM_BUDGET {
+        let g = e * e.transpose();
+        for i in 0..rank {
+            for j in 0..i {
+                let v = g[(i, j)] as f64;
+                if v.abs() > ORTHONORMAL_TOL {
+                    return Err(Error::InvalidModel(format!(
+                        "eigenvectors {j} and {i} are not orthogonal: dot product {v:.3e} (tolerance {ORTHONORMAL_TOL})"
+                    )));
+                }
+            }
+        }
+    } else {
+        // Random probes z: (E E^T - I) z must stay small in every entry relative to |z|.
+        let mut rng = crate::rng::Rng::new(0x6761_7573_7373_6b69);
+        for _ in 0..8 {
+            let z: Vec<f32> = (0..rank).map(|_| rng.normal() as f32).collect();
+            let zn = z.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let zc = faer::ColRef::from_slice(&z);
+            let back = e * (e.transpose() * zc);
+            let worst = (0..rank)
+                .map(|i| ((back[i] - z[i]) as f64).abs())
+                .fold(0.0, f64::max);
+            if worst > ORTHONORMAL_TOL * zn {
+                return Err(Error::InvalidModel(format!(
+                    "eigenvectors are not orthonormal: a random probe moved by {:.3e} relative (tolerance {ORTHONORMAL_TOL})",
+                    worst / zn
+                )));
+            }
+        }
+    }
+    Ok(())
+}
