@@ -76,21 +76,24 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    #[doc(hidden)]
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
 
-    pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+    #[doc(hidden)]
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::FileFormat {
             path: path.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn shape(arg: &'static str, expected: impl ToString, got: impl ToString) -> Self {
+    #[doc(hidden)]
+    pub fn shape(arg: &'static str, expected: impl ToString, got: impl ToString) -> Self {
         Error::ShapeMismatch {
             arg,
             expected: expected.to_string(),
@@ -98,7 +101,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn arg(arg: &'static str, reason: impl Into<String>) -> Self {
+    #[doc(hidden)]
+    pub fn arg(arg: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             arg,
             reason: reason.into(),
