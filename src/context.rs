@@ -4,7 +4,11 @@
 //! host inputs, noise levels) happens before anything is written, so a failed call leaves the
 //! output untouched.
 
-use crate::dtype::Element;
+use std::ffi::c_void;
+
+use half::{bf16, f16};
+
+use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::noise::{Levels, Noise, Op};
@@ -153,5 +157,67 @@ impl Context {
         levels: &'a [Noise],
     ) -> Result<()> {
         self.apply(model, Op::X0Trajectory { from: from.into(), levels }, x, out)
+    }
+
+    /// Runs an operation on raw buffers: host pointers on a CPU context, device pointers on a
+    /// CUDA context (then `stream` is the caller's `CUstream`, NULL for the default stream;
+    /// it is ignored on a CPU context). This is what the C ABI calls.
+    ///
+    /// # Errors
+    /// As [`Context::apply`], plus `NullPointer` for NULL buffers and `InvalidArgument` for
+    /// `batch == 0` or overlapping `x` and `out`.
+    ///
+    /// # Safety
+    /// `x` must point to `batch * dim` elements of `dtype` and `out` to
+    /// `op.slabs() * batch * dim`, valid for the call, on the context's device.
+    pub unsafe fn apply_raw(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        _stream: *mut c_void,
+    ) -> Result<()> {
+        if x.is_null() {
+            return Err(Error::NullPointer { arg: "x" });
+        }
+        if out.is_null() {
+            return Err(Error::NullPointer { arg: "out" });
+        }
+        if batch == 0 {
+            return Err(Error::arg("batch", "must be at least 1"));
+        }
+        let n_in = batch
+            .checked_mul(model.dim())
+            .ok_or_else(|| Error::arg("batch", "batch x dim overflows"))?;
+        let n_out = n_in
+            .checked_mul(op.slabs())
+            .ok_or_else(|| Error::arg("batch", "output size overflows"))?;
+        let (xs, os) = (x as usize, out as usize);
+        let (xe, oe) = (xs + n_in * dtype.size(), os + n_out * dtype.size());
+        if xs < oe && os < xe {
+            return Err(Error::arg("out", "must not overlap x"));
+        }
+        // SAFETY: the caller guarantees the sizes above; the buffers do not overlap.
+        unsafe fn run<T: Element>(
+            ctx: &Context,
+            model: &Model,
+            op: Op<'_>,
+            x: *const c_void,
+            out: *mut c_void,
+            n_in: usize,
+            n_out: usize,
+        ) -> Result<()> {
+            let x = std::slice::from_raw_parts(x as *const T, n_in);
+            let out = std::slice::from_raw_parts_mut(out as *mut T, n_out);
+            ctx.apply(model, op, x, out)
+        }
+        match dtype {
+            Dtype::F32 => run::<f32>(self, model, op, x, out, n_in, n_out),
+            Dtype::F16 => run::<f16>(self, model, op, x, out, n_in, n_out),
+            Dtype::BF16 => run::<bf16>(self, model, op, x, out, n_in, n_out),
+        }
     }
 }
