@@ -75,10 +75,20 @@ impl Context {
     /// # Errors
     /// `ShapeMismatch` for buffer sizes, `NonFinite` for NaN/Inf in `x`, level errors of
     /// [`Op::validate`]. `out` is untouched on error.
-    pub fn apply<T: Element>(&self, model: &Model, op: Op<'_>, x: &[T], out: &mut [T]) -> Result<()> {
+    pub fn apply<T: Element>(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        x: &[T],
+        out: &mut [T],
+    ) -> Result<()> {
         let d = model.dim();
         if x.len() % d != 0 || x.is_empty() {
-            return Err(Error::shape("x", format!("a positive multiple of dim = {d}"), x.len()));
+            return Err(Error::shape(
+                "x",
+                format!("a positive multiple of dim = {d}"),
+                x.len(),
+            ));
         }
         let batch = x.len() / d;
         let want = op.slabs() * batch * d;
@@ -110,7 +120,15 @@ impl Context {
         from: impl Into<Levels<'a>>,
         to: impl Into<Levels<'a>>,
     ) -> Result<()> {
-        self.apply(model, Op::Skip { from: from.into(), to: to.into() }, x, out)
+        self.apply(
+            model,
+            Op::Skip {
+                from: from.into(),
+                to: to.into(),
+            },
+            x,
+            out,
+        )
     }
 
     /// Posterior mean E[x0 | x_t] of every row at level `at`.
@@ -140,7 +158,15 @@ impl Context {
         from: impl Into<Levels<'a>>,
         levels: &'a [Noise],
     ) -> Result<()> {
-        self.apply(model, Op::SkipTrajectory { from: from.into(), levels }, x, out)
+        self.apply(
+            model,
+            Op::SkipTrajectory {
+                from: from.into(),
+                levels,
+            },
+            x,
+            out,
+        )
     }
 
     /// The x0-predictions along the exact path from `from` at each of `levels`; `out` is
@@ -156,7 +182,15 @@ impl Context {
         from: impl Into<Levels<'a>>,
         levels: &'a [Noise],
     ) -> Result<()> {
-        self.apply(model, Op::X0Trajectory { from: from.into(), levels }, x, out)
+        self.apply(
+            model,
+            Op::X0Trajectory {
+                from: from.into(),
+                levels,
+            },
+            x,
+            out,
+        )
     }
 
     /// Runs an operation on raw buffers: host pointers on a CPU context, device pointers on a

@@ -1,0 +1,662 @@
+//! The C ABI: opaque handles, one status enum, a thread-local error message, and a panic
+//! boundary around every entry point. No mathematics lives here.
+//!
+//! Conventions (also in the README, "API conventions"):
+//! - Every function that can fail returns `gs_status`; `GS_OK` is 0. On failure
+//!   `gs_last_error_message()` gives the detail for this thread, and no output was written.
+//! - Objects come from `gs_*_create`/`_load`/`_new`/`_from_parts` and go to `gs_*_free`;
+//!   freeing NULL does nothing. Models are immutable and may be shared across threads.
+//! - Enumerations arrive from C as plain integers and are validated.
+
+#![allow(non_camel_case_types)]
+// Every exported function checks its pointers before using them.
+#![allow(clippy::missing_safety_doc)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::context::{Context, Device};
+use crate::dtype::Dtype;
+use crate::error::Error;
+use crate::model::{Model, ModelMeta};
+use crate::noise::{Levels, Noise, Op};
+
+/// Version of the C ABI. Bumped on any incompatible change to a signature, a struct or the
+/// meaning of a status number.
+pub const GS_ABI_VERSION: u32 = 1;
+
+/// Status of a call. Numbers are stable and never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum gs_status {
+    /// Success.
+    GS_OK = 0,
+    /// A required pointer argument was NULL.
+    GS_ERR_NULL_POINTER = 1,
+    /// An argument is out of its domain (batch 0, unknown enum value, overlapping buffers).
+    GS_ERR_INVALID_ARGUMENT = 2,
+    /// A size does not match the model or the other arguments.
+    GS_ERR_SHAPE_MISMATCH = 3,
+    /// An input holds NaN or Inf.
+    GS_ERR_NON_FINITE = 4,
+    /// A noise level is not usable (negative, non-finite, sigma = 0 where a skip starts).
+    GS_ERR_INVALID_NOISE = 5,
+    /// Model parts do not describe a valid Gaussian (negative variance, not orthonormal, ...).
+    GS_ERR_INVALID_MODEL = 6,
+    /// A file could not be opened, read or written.
+    GS_ERR_IO = 7,
+    /// A file was read but its content is wrong (corrupt, truncated, wrong dtype or shape).
+    GS_ERR_FILE_FORMAT = 8,
+    /// The element type is not supported for this call.
+    GS_ERR_UNSUPPORTED_DTYPE = 9,
+    /// No CUDA driver or device, or the library was built without CUDA.
+    GS_ERR_NO_CUDA = 10,
+    /// A CUDA call failed.
+    GS_ERR_CUDA = 11,
+    /// Out of host or device memory.
+    GS_ERR_OUT_OF_MEMORY = 12,
+    /// A dataset cannot be fitted (empty, mixed shapes, unreadable items).
+    GS_ERR_DATASET = 13,
+    /// A bug: the library panicked. The message says where; please report it.
+    GS_ERR_INTERNAL = 14,
+}
+
+/// Element type codes for `dtype` arguments.
+pub const GS_DTYPE_F32: u32 = 0;
+/// IEEE binary16.
+pub const GS_DTYPE_F16: u32 = 1;
+/// bfloat16.
+pub const GS_DTYPE_BF16: u32 = 2;
+
+/// Device codes for `gs_context_create`.
+pub const GS_DEVICE_AUTO: u32 = 0;
+/// The host CPU.
+pub const GS_DEVICE_CPU: u32 = 1;
+/// A CUDA device.
+pub const GS_DEVICE_CUDA: u32 = 2;
+
+/// A noise level of the forward process x_t = alpha * x0 + sigma * eps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct gs_noise {
+    /// Signal scale, >= 0.
+    pub alpha: f64,
+    /// Noise scale, >= 0.
+    pub sigma: f64,
+}
+
+impl From<gs_noise> for Noise {
+    fn from(n: gs_noise) -> Noise {
+        Noise::new(n.alpha, n.sigma)
+    }
+}
+
+/// An immutable Gaussian model. Thread-safe to share.
+pub struct gs_model {
+    inner: Arc<Model>,
+}
+
+/// A CPU context or one CUDA device's context.
+pub struct gs_context {
+    inner: Context,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(text: &str) {
+    let c = CString::new(text.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn status_of(e: &Error) -> gs_status {
+    use gs_status::*;
+    match e {
+        Error::NullPointer { .. } => GS_ERR_NULL_POINTER,
+        Error::ShapeMismatch { .. } => GS_ERR_SHAPE_MISMATCH,
+        Error::NonFinite { .. } => GS_ERR_NON_FINITE,
+        Error::InvalidNoise { .. } => GS_ERR_INVALID_NOISE,
+        Error::InvalidArgument { .. } => GS_ERR_INVALID_ARGUMENT,
+        Error::InvalidModel(_) => GS_ERR_INVALID_MODEL,
+        Error::Io { .. } => GS_ERR_IO,
+        Error::FileFormat { .. } => GS_ERR_FILE_FORMAT,
+        Error::UnsupportedDtype(_) => GS_ERR_UNSUPPORTED_DTYPE,
+        Error::NoCuda(_) => GS_ERR_NO_CUDA,
+        Error::Cuda(_) => GS_ERR_CUDA,
+        Error::OutOfMemory(_) => GS_ERR_OUT_OF_MEMORY,
+        Error::Dataset(_) => GS_ERR_DATASET,
+    }
+}
+
+/// The one panic boundary: runs `f`, turns its error or panic into a status and message.
+fn guard(f: impl FnOnce() -> Result<(), Error>) -> gs_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            gs_status::GS_OK
+        }
+        Ok(Err(e)) => {
+            set_last_error(&e.to_string());
+            status_of(&e)
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("internal error (please report): {what}"));
+            gs_status::GS_ERR_INTERNAL
+        }
+    }
+}
+
+fn non_null<'a, T>(p: *const T, arg: &'static str) -> Result<&'a T, Error> {
+    // SAFETY: non-NULL handles passed to the ABI were created by it and are alive (caller's
+    // contract, documented on every function).
+    unsafe { p.as_ref() }.ok_or(Error::NullPointer { arg })
+}
+
+fn c_str<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str, Error> {
+    if p.is_null() {
+        return Err(Error::NullPointer { arg });
+    }
+    // SAFETY: caller passes a NUL-terminated string.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Error::arg(arg, "is not valid UTF-8"))
+}
+
+fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result<&'a [T], Error> {
+    if p.is_null() {
+        return Err(Error::NullPointer { arg });
+    }
+    // SAFETY: caller guarantees `len` readable elements at `p`.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+fn write_out<T>(out: *mut *mut T, value: T) {
+    // SAFETY: `out` was checked non-NULL before any work was done.
+    unsafe { *out = Box::into_raw(Box::new(value)) };
+}
+
+fn check_out<T>(out: *mut *mut T) -> Result<(), Error> {
+    if out.is_null() {
+        Err(Error::NullPointer { arg: "out" })
+    } else {
+        Ok(())
+    }
+}
+
+/// Library version, e.g. "0.1.0". Static storage; never free it.
+#[no_mangle]
+pub extern "C" fn gs_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// The ABI version this library implements (`GS_ABI_VERSION` in the header it was built with).
+#[no_mangle]
+pub extern "C" fn gs_abi_version() -> u32 {
+    GS_ABI_VERSION
+}
+
+/// A fixed English description of a status code (any integer is accepted). Static storage.
+#[no_mangle]
+pub extern "C" fn gs_status_message(status: u32) -> *const c_char {
+    let text: &'static str = match status {
+        0 => "success\0",
+        1 => "a required pointer argument was NULL\0",
+        2 => "invalid argument\0",
+        3 => "size mismatch between arguments and model\0",
+        4 => "input holds NaN or Inf\0",
+        5 => "invalid noise level\0",
+        6 => "invalid model\0",
+        7 => "file could not be read or written\0",
+        8 => "file content is invalid\0",
+        9 => "unsupported element type\0",
+        10 => "no CUDA device or backend\0",
+        11 => "CUDA error\0",
+        12 => "out of memory\0",
+        13 => "dataset cannot be fitted\0",
+        14 => "internal error\0",
+        _ => "unknown status code\0",
+    };
+    text.as_ptr() as *const c_char
+}
+
+/// Detail of the last failed call on this thread ("" after a success). Valid until the next
+/// call into the library on this thread; never free it.
+#[no_mangle]
+pub extern "C" fn gs_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// EDM / VE noise level: alpha = 1.
+#[no_mangle]
+pub extern "C" fn gs_noise_edm(sigma: f64) -> gs_noise {
+    gs_noise { alpha: 1.0, sigma }
+}
+
+/// VP (DDPM/DDIM) noise level from alpha_bar: alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar).
+#[no_mangle]
+pub extern "C" fn gs_noise_vp(alpha_bar: f64) -> gs_noise {
+    let n = Noise::vp(alpha_bar);
+    gs_noise {
+        alpha: n.alpha,
+        sigma: n.sigma,
+    }
+}
+
+/// Flow-matching noise level at time t: alpha = 1 - t, sigma = t.
+#[no_mangle]
+pub extern "C" fn gs_noise_flow(t: f64) -> gs_noise {
+    gs_noise {
+        alpha: 1.0 - t,
+        sigma: t,
+    }
+}
+
+/// Loads and validates a model file (safetensors). `*out` is set only on success.
+///
+/// # Safety
+/// `path` is a NUL-terminated UTF-8 string; `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_load(path: *const c_char, out: *mut *mut gs_model) -> gs_status {
+    guard(|| {
+        let path = c_str(path, "path")?;
+        check_out(out)?;
+        let model = Model::load(path)?;
+        write_out(
+            out,
+            gs_model {
+                inner: Arc::new(model),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Builds a model from host arrays (copied): `mean[dim]`, `eigvals[rank]` (non-increasing,
+/// >= 0), `eigvecs[rank * dim]` (row k = unit eigenvector k), `residual_var >= 0`.
+///
+/// # Safety
+/// The arrays hold the stated number of floats; `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_from_parts(
+    dim: usize,
+    rank: usize,
+    mean: *const f32,
+    eigvals: *const f32,
+    eigvecs: *const f32,
+    residual_var: f32,
+    out: *mut *mut gs_model,
+) -> gs_status {
+    guard(|| {
+        check_out(out)?;
+        if dim == 0 || rank == 0 || rank > dim {
+            return Err(Error::arg(
+                "rank",
+                format!("need 1 <= rank <= dim, got rank {rank}, dim {dim}"),
+            ));
+        }
+        let n = rank
+            .checked_mul(dim)
+            .ok_or_else(|| Error::arg("dim", "rank x dim overflows"))?;
+        let mean = slice(mean, dim, "mean")?.to_vec();
+        let eigvals = slice(eigvals, rank, "eigvals")?
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let eigvecs = slice(eigvecs, n, "eigvecs")?.to_vec();
+        let model = Model::from_parts(
+            mean,
+            eigvals,
+            eigvecs,
+            residual_var as f64,
+            ModelMeta::default(),
+        )?;
+        write_out(
+            out,
+            gs_model {
+                inner: Arc::new(model),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Writes a model file atomically (temporary file + rename).
+///
+/// # Safety
+/// `model` is a live model or NULL; `path` a NUL-terminated UTF-8 string.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_save(model: *const gs_model, path: *const c_char) -> gs_status {
+    guard(|| {
+        let model = non_null(model, "model")?;
+        let path = c_str(path, "path")?;
+        model.inner.save(path)
+    })
+}
+
+/// Frees a model (NULL does nothing). Contexts that cached it are unaffected.
+///
+/// # Safety
+/// `model` came from this library and is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_free(model: *mut gs_model) {
+    if !model.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(model))));
+    }
+}
+
+/// Data dimension of a model (0 for NULL).
+///
+/// # Safety
+/// `model` is a live model or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_dim(model: *const gs_model) -> usize {
+    model.as_ref().map_or(0, |m| m.inner.dim())
+}
+
+/// Number of modes of a model (0 for NULL).
+///
+/// # Safety
+/// `model` is a live model or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_rank(model: *const gs_model) -> usize {
+    model.as_ref().map_or(0, |m| m.inner.rank())
+}
+
+/// Copies a model's parts out; any destination may be NULL to skip it.
+/// `mean[dim]`, `eigvals[rank]`, `eigvecs[rank * dim]`, `residual_var[1]`.
+///
+/// # Safety
+/// Non-NULL destinations have room for the stated number of elements.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_get_parts(
+    model: *const gs_model,
+    mean: *mut f32,
+    eigvals: *mut f64,
+    eigvecs: *mut f32,
+    residual_var: *mut f64,
+) -> gs_status {
+    guard(|| {
+        let m = &non_null(model, "model")?.inner;
+        let copy = |src: &[f32], dst: *mut f32| {
+            if !dst.is_null() {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+            }
+        };
+        copy(m.mean(), mean);
+        copy(m.eigvecs(), eigvecs);
+        if !eigvals.is_null() {
+            std::ptr::copy_nonoverlapping(m.eigvals().as_ptr(), eigvals, m.rank());
+        }
+        if !residual_var.is_null() {
+            *residual_var = m.residual_var();
+        }
+        Ok(())
+    })
+}
+
+/// Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
+/// `ordinal` picks the CUDA device (ignored on the CPU).
+///
+/// # Safety
+/// `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_create(
+    device: u32,
+    ordinal: i32,
+    out: *mut *mut gs_context,
+) -> gs_status {
+    guard(|| {
+        check_out(out)?;
+        let device = Device::from_u32(device)
+            .ok_or_else(|| Error::arg("device", format!("{device} is not a GS_DEVICE_* code")))?;
+        let ordinal =
+            usize::try_from(ordinal).map_err(|_| Error::arg("ordinal", "must be >= 0"))?;
+        let ctx = Context::new(device, ordinal)?;
+        write_out(out, gs_context { inner: ctx });
+        Ok(())
+    })
+}
+
+/// Frees a context (NULL does nothing).
+///
+/// # Safety
+/// `ctx` came from this library, is not used afterwards, and no call on it is in flight.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_free(ctx: *mut gs_context) {
+    if !ctx.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(ctx))));
+    }
+}
+
+/// The device a context runs on: GS_DEVICE_CPU or GS_DEVICE_CUDA (0 for NULL).
+///
+/// # Safety
+/// `ctx` is a live context or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_device(ctx: *const gs_context) -> u32 {
+    ctx.as_ref().map_or(0, |c| c.inner.device() as u32)
+}
+
+/// Shared body of every operation entry point.
+unsafe fn run_op(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    stream: *mut c_void,
+    op: impl FnOnce() -> Result<OpSpec, Error>,
+) -> gs_status {
+    guard(|| {
+        let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
+        let model = &non_null(model, "model")?.inner;
+        let dtype = Dtype::from_u32(dtype)
+            .ok_or_else(|| Error::UnsupportedDtype(format!("{dtype} is not a GS_DTYPE_* code")))?;
+        let spec = op()?;
+        let op = spec.op();
+        ctx.apply_raw(model, op, dtype, x, out, batch, stream)
+    })
+}
+
+/// Levels converted from C, owned for the duration of a call.
+enum OwnedLevels {
+    One(Noise),
+    PerRow(Vec<Noise>),
+}
+
+impl OwnedLevels {
+    fn levels(&self) -> Levels<'_> {
+        match self {
+            OwnedLevels::One(n) => Levels::One(*n),
+            OwnedLevels::PerRow(v) => Levels::PerRow(v),
+        }
+    }
+}
+
+enum OpSpec {
+    Skip(OwnedLevels, OwnedLevels),
+    Denoise(OwnedLevels),
+    SkipTrajectory(OwnedLevels, Vec<Noise>),
+    X0Trajectory(OwnedLevels, Vec<Noise>),
+}
+
+impl OpSpec {
+    fn op(&self) -> Op<'_> {
+        match self {
+            OpSpec::Skip(f, t) => Op::Skip {
+                from: f.levels(),
+                to: t.levels(),
+            },
+            OpSpec::Denoise(a) => Op::Denoise { at: a.levels() },
+            OpSpec::SkipTrajectory(f, l) => Op::SkipTrajectory {
+                from: f.levels(),
+                levels: l,
+            },
+            OpSpec::X0Trajectory(f, l) => Op::X0Trajectory {
+                from: f.levels(),
+                levels: l,
+            },
+        }
+    }
+}
+
+fn per_row(p: *const gs_noise, batch: usize, arg: &'static str) -> Result<OwnedLevels, Error> {
+    Ok(OwnedLevels::PerRow(
+        slice(p, batch, arg)?.iter().map(|&n| n.into()).collect(),
+    ))
+}
+
+/// Exact PF-ODE jump of `batch` rows from level `from` to level `to`.
+///
+/// `x` and `out` hold `batch x dim` elements of `dtype`: host memory on a CPU context, device
+/// memory on a CUDA context (then `stream` is the caller's CUstream, NULL = default stream).
+/// `out` must not overlap `x` and is written only on success.
+///
+/// # Safety
+/// Handles are live; buffers hold the stated sizes on the context's device.
+#[no_mangle]
+pub unsafe extern "C" fn gs_skip(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    from: gs_noise,
+    to: gs_noise,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        Ok(OpSpec::Skip(
+            OwnedLevels::One(from.into()),
+            OwnedLevels::One(to.into()),
+        ))
+    })
+}
+
+/// As `gs_skip` with one source and one target level per row (`from[batch]`, `to[batch]`).
+///
+/// # Safety
+/// As `gs_skip`; `from` and `to` hold `batch` levels.
+#[no_mangle]
+pub unsafe extern "C" fn gs_skip_rows(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    from: *const gs_noise,
+    to: *const gs_noise,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        Ok(OpSpec::Skip(
+            per_row(from, batch, "from")?,
+            per_row(to, batch, "to")?,
+        ))
+    })
+}
+
+/// Posterior mean E[x0 | x_t] of `batch` rows at level `at` (buffers as `gs_skip`).
+///
+/// # Safety
+/// As `gs_skip`.
+#[no_mangle]
+pub unsafe extern "C" fn gs_denoise(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    at: gs_noise,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        Ok(OpSpec::Denoise(OwnedLevels::One(at.into())))
+    })
+}
+
+/// As `gs_denoise` with one level per row (`at[batch]`).
+///
+/// # Safety
+/// As `gs_skip`; `at` holds `batch` levels.
+#[no_mangle]
+pub unsafe extern "C" fn gs_denoise_rows(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    at: *const gs_noise,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        Ok(OpSpec::Denoise(per_row(at, batch, "at")?))
+    })
+}
+
+/// The states along the exact path from `from` at each of `levels[n_levels]`, one projection
+/// for all: `out` holds `n_levels x batch x dim` (level-major).
+///
+/// # Safety
+/// As `gs_skip`; `levels` holds `n_levels` levels; `out` is `n_levels` times larger.
+#[no_mangle]
+pub unsafe extern "C" fn gs_skip_trajectory(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    from: gs_noise,
+    levels: *const gs_noise,
+    n_levels: usize,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        let l = slice(levels, n_levels, "levels")?
+            .iter()
+            .map(|&n| n.into())
+            .collect();
+        Ok(OpSpec::SkipTrajectory(OwnedLevels::One(from.into()), l))
+    })
+}
+
+/// The x0-predictions along the exact path from `from` at each of `levels[n_levels]`:
+/// `out` holds `n_levels x batch x dim` (level-major). The "outline first, details later" view.
+///
+/// # Safety
+/// As `gs_skip_trajectory`.
+#[no_mangle]
+pub unsafe extern "C" fn gs_x0_trajectory(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    from: gs_noise,
+    levels: *const gs_noise,
+    n_levels: usize,
+    stream: *mut c_void,
+) -> gs_status {
+    run_op(ctx, model, dtype, x, out, batch, stream, || {
+        let l = slice(levels, n_levels, "levels")?
+            .iter()
+            .map(|&n| n.into())
+            .collect();
+        Ok(OpSpec::X0Trajectory(OwnedLevels::One(from.into()), l))
+    })
+}

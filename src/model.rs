@@ -176,12 +176,16 @@ impl Model {
         let eigvecs = f32_bytes(&self.eigvecs);
         let resid = f64_bytes(&[self.residual_var]);
         fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> TensorView<'_> {
-            TensorView::new(dtype, shape, data).expect("tensor sizes are consistent by construction")
+            TensorView::new(dtype, shape, data)
+                .expect("tensor sizes are consistent by construction")
         }
         let tensors = vec![
             ("mean", view(Dtype::F32, vec![self.dim], &mean)),
             ("eigvals", view(Dtype::F64, vec![self.rank], &eigvals)),
-            ("eigvecs", view(Dtype::F32, vec![self.rank, self.dim], &eigvecs)),
+            (
+                "eigvecs",
+                view(Dtype::F32, vec![self.rank, self.dim], &eigvecs),
+            ),
             ("residual_var", view(Dtype::F64, vec![], &resid)),
         ];
         let shape_text = self
@@ -228,10 +232,21 @@ impl Model {
         let meta_map = header.metadata().clone().unwrap_or_default();
         match meta_map.get("format").map(String::as_str) {
             Some(FILE_FORMAT) => {}
-            Some(other) => return Err(bad(format!("metadata format is {other:?}, expected {FILE_FORMAT:?}"))),
-            None => return Err(bad(format!("metadata key `format` is missing (expected {FILE_FORMAT:?})"))),
+            Some(other) => {
+                return Err(bad(format!(
+                    "metadata format is {other:?}, expected {FILE_FORMAT:?}"
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "metadata key `format` is missing (expected {FILE_FORMAT:?})"
+                )))
+            }
         }
-        let version = meta_map.get("format_version").map(String::as_str).unwrap_or("");
+        let version = meta_map
+            .get("format_version")
+            .map(String::as_str)
+            .unwrap_or("");
         if version != FILE_FORMAT_VERSION.to_string() {
             return Err(bad(format!(
                 "format_version {version:?} is not supported (this build reads version {FILE_FORMAT_VERSION})"
@@ -276,8 +291,9 @@ impl Model {
                 mean.len()
             )));
         }
-        let item_shape = parse_item_shape(meta_map.get("item_shape").map(String::as_str).unwrap_or(""))
-            .map_err(|e| bad(format!("metadata item_shape: {e}")))?;
+        let item_shape =
+            parse_item_shape(meta_map.get("item_shape").map(String::as_str).unwrap_or(""))
+                .map_err(|e| bad(format!("metadata item_shape: {e}")))?;
         let sample_count = match meta_map.get("sample_count").map(String::as_str) {
             None | Some("") => 0,
             Some(s) => s
@@ -314,7 +330,9 @@ pub fn parse_item_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
     text.split(',')
         .map(|p| match p.trim().parse::<usize>() {
             Ok(v) if v > 0 => Ok(v),
-            _ => Err(format!("{text:?} is not a comma-separated list of positive sizes")),
+            _ => Err(format!(
+                "{text:?} is not a comma-separated list of positive sizes"
+            )),
         })
         .collect()
 }

@@ -217,7 +217,11 @@ impl<'a> Levels<'a> {
             Levels::One(n) => check_one(n),
             Levels::PerRow(v) => {
                 if v.len() != rows {
-                    return Err(Error::shape(arg, format!("{rows} levels (one per row)"), v.len()));
+                    return Err(Error::shape(
+                        arg,
+                        format!("{rows} levels (one per row)"),
+                        v.len(),
+                    ));
                 }
                 v.iter().try_for_each(check_one)
             }
@@ -245,9 +249,15 @@ pub enum Op<'a> {
     /// Posterior mean E[x0 | x_t] at level `at`.
     Denoise { at: Levels<'a> },
     /// The state along the exact path from `from` at each of `levels` (one output slab each).
-    SkipTrajectory { from: Levels<'a>, levels: &'a [Noise] },
+    SkipTrajectory {
+        from: Levels<'a>,
+        levels: &'a [Noise],
+    },
     /// The x0-prediction along the exact path from `from` at each of `levels`.
-    X0Trajectory { from: Levels<'a>, levels: &'a [Noise] },
+    X0Trajectory {
+        from: Levels<'a>,
+        levels: &'a [Noise],
+    },
 }
 
 impl<'a> Op<'a> {
@@ -324,7 +334,8 @@ impl<'a> Op<'a> {
                 let (a, b) = match self {
                     Op::Denoise { .. } => {
                         let hp = t.denoise_gain(residual_var);
-                        slab.w.extend(eigvals.iter().map(|&l| t.denoise_gain(l) - hp));
+                        slab.w
+                            .extend(eigvals.iter().map(|&l| t.denoise_gain(l) - hp));
                         (1.0, hp)
                     }
                     Op::Skip { from, .. }

@@ -59,7 +59,11 @@ impl Gaussian {
     /// Shared shape of every operation: y = x - c mean, then
     /// out = a mean + gain_perp * rest + sum_k gain(lambda_k) p_k u_k.
     fn map(&self, x: &[f64], c: f64, a: f64, gain: impl Fn(f64) -> f64) -> Vec<f64> {
-        let y: Vec<f64> = x.iter().zip(&self.mean).map(|(&xi, &m)| xi - c * m).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .zip(&self.mean)
+            .map(|(&xi, &m)| xi - c * m)
+            .collect();
         let (coeffs, rest) = self.split(&y);
         let gp = gain(self.residual_var);
         let mut out: Vec<f64> = self
