@@ -17,7 +17,9 @@ use crate::noise::{Levels, Noise, Op};
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
-    /// CUDA when a device is usable, otherwise CPU.
+    /// Currently always the CPU: automatic selection of CUDA stays off until the CUDA path
+    /// has been validated on a real GPU (tests/cuda.rs on an H100/H200). Ask for
+    /// [`Device::Cuda`] explicitly to use the GPU.
     Auto = 0,
     /// The host CPU (multi-threaded).
     Cpu = 1,
@@ -37,10 +39,34 @@ impl Device {
     }
 }
 
+/// How a CUDA context stores a model's eigenvectors on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EigvecStorage {
+    /// Half precision, multiplied on the tensor cores with f32 accumulation (the default):
+    /// half the bytes to stream, relative error <= 2e-3 (SPEC §5).
+    #[default]
+    F16,
+    /// Single precision, f32 arithmetic: relative error <= 1e-5, twice the bytes.
+    F32,
+}
+
+/// Where a context runs its operations.
+#[derive(Debug)]
+enum Backend {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(Box<crate::backend::cuda::CudaBackend>),
+}
+
 /// A CPU context or one CUDA device's context; create once, use from any thread.
+///
+/// A CUDA context holds the loaded kernels, the device copies of the models it has seen
+/// (cached by [`Model::id`], see [`Context::release_model`]) and one scratch workspace per
+/// caller stream. See `backend::cuda` for when a call allocates or waits.
 #[derive(Debug)]
 pub struct Context {
     device: Device,
+    backend: Backend,
 }
 
 impl Context {
@@ -48,19 +74,97 @@ impl Context {
     pub fn cpu() -> Context {
         Context {
             device: Device::Cpu,
+            backend: Backend::Cpu,
         }
     }
 
-    /// A context on `device`; `ordinal` picks the CUDA device.
+    /// A context on `device`; `ordinal` picks the CUDA device. [`Device::Auto`] gives the CPU
+    /// (see its documentation); [`Device::Cuda`] stores eigenvectors in f16.
     ///
     /// # Errors
-    /// `NoCuda` when CUDA is asked for and no CUDA backend or device is usable.
+    /// `NoCuda` when CUDA is asked for and no driver, no such device, or no CUDA backend in
+    /// this build; `Cuda` when the kernels cannot be loaded.
     pub fn new(device: Device, ordinal: usize) -> Result<Context> {
         match device {
             Device::Cpu | Device::Auto => Ok(Context::cpu()),
-            Device::Cuda => Err(Error::NoCuda(format!(
-                "CUDA device {ordinal} was asked for, but this build has no CUDA backend yet; use the CPU context"
-            ))),
+            Device::Cuda => Context::cuda(ordinal, EigvecStorage::F16),
+        }
+    }
+
+    /// A context on CUDA device `ordinal` with the given eigenvector storage.
+    ///
+    /// # Errors
+    /// As [`Context::new`] with [`Device::Cuda`].
+    pub fn cuda(ordinal: usize, storage: EigvecStorage) -> Result<Context> {
+        #[cfg(feature = "cuda")]
+        {
+            let backend = crate::backend::cuda::CudaBackend::new(ordinal, storage)?;
+            Ok(Context {
+                device: Device::Cuda,
+                backend: Backend::Cuda(Box::new(backend)),
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = storage;
+            Err(Error::NoCuda(format!(
+                "CUDA device {ordinal} was asked for, but this build has no CUDA backend (enable the `cuda` feature); use a CPU context"
+            )))
+        }
+    }
+
+    /// The CUDA device's name, or `None` on a CPU context.
+    pub fn device_name(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => Some(b.device_name()),
+        }
+    }
+
+    /// On a CUDA context: uploads `model` and sizes the scratch of `stream` for calls of up to
+    /// `batch` rows and `slabs` output slabs (1 for skip and denoise, the number of levels
+    /// for trajectories), so that such calls can then be captured in a CUDA graph. Does
+    /// nothing on a CPU context.
+    ///
+    /// # Errors
+    /// `Cuda`/`OutOfMemory` from the driver; `InvalidArgument` when `stream` is capturing.
+    ///
+    /// # Safety
+    /// `stream` is NULL (the default stream) or a live `CUstream` of this context's device.
+    pub unsafe fn prepare(
+        &self,
+        model: &Model,
+        batch: usize,
+        slabs: usize,
+        stream: *mut c_void,
+    ) -> Result<()> {
+        if batch == 0 || slabs == 0 {
+            return Err(Error::arg("batch", "batch and slabs must be at least 1"));
+        }
+        match &self.backend {
+            Backend::Cpu => {
+                let _ = (model, stream);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => b.prepare(model, batch, slabs, stream),
+        }
+    }
+
+    /// Frees the device copy of `model` on a CUDA context (waiting for the device first);
+    /// the next call with it uploads it again. Does nothing on a CPU context.
+    ///
+    /// # Errors
+    /// `Cuda` when the device cannot be synchronised.
+    pub fn release_model(&self, model: &Model) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => {
+                let _ = model;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => b.release_model(model),
         }
     }
 
@@ -102,9 +206,32 @@ impl Context {
         if let Some(index) = x.iter().position(|v| !v.to_f32().is_finite()) {
             return Err(Error::NonFinite { arg: "x", index });
         }
-        let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
-        crate::backend::cpu::apply(model, &plan, x, out);
-        Ok(())
+        match &self.backend {
+            Backend::Cpu => {
+                let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
+                crate::backend::cpu::apply(model, &plan, x, out);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => {
+                op.validate(batch)?;
+                // SAFETY: Element types are plain f32/f16/bf16 values; viewing them as bytes
+                // is valid for their whole length.
+                let (xb, ob) = unsafe {
+                    (
+                        std::slice::from_raw_parts(
+                            x.as_ptr() as *const u8,
+                            std::mem::size_of_val(x),
+                        ),
+                        std::slice::from_raw_parts_mut(
+                            out.as_mut_ptr() as *mut u8,
+                            std::mem::size_of_val(out),
+                        ),
+                    )
+                };
+                b.apply_host(model, op, T::DTYPE, xb, ob, batch)
+            }
+        }
     }
 
     /// Exact PF-ODE jump of every row from `from` to `to` (one level for all rows, or one
@@ -212,7 +339,7 @@ impl Context {
         x: *const c_void,
         out: *mut c_void,
         batch: usize,
-        _stream: *mut c_void,
+        stream: *mut c_void,
     ) -> Result<()> {
         if x.is_null() {
             return Err(Error::NullPointer { arg: "x" });
@@ -234,6 +361,14 @@ impl Context {
         if xs < oe && os < xe {
             return Err(Error::arg("out", "must not overlap x"));
         }
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(b) = &self.backend {
+            op.validate(batch)?;
+            // SAFETY: the caller guarantees device buffers of the stated sizes and a live
+            // stream; the backend checks what the driver can (pointer kind, allocation size).
+            return unsafe { b.apply_device(model, op, dtype, x, out, batch, stream) };
+        }
+        let _ = stream;
         // SAFETY: the caller guarantees the sizes above; the buffers do not overlap.
         unsafe fn run<T: Element>(
             ctx: &Context,

@@ -5,3 +5,5 @@
 //! found at run time.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

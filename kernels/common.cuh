@@ -1,0 +1,163 @@
+/*
+ * Shared pieces of the gaussskip kernels: the argument block every kernel takes (mirrored
+ * byte for byte by `GsArgs` in src/backend/cuda.rs), element conversions, the noise-level
+ * coefficients of SPEC §4 (the same expressions as src/noise.rs), and a bounds-checked tile
+ * loader that moves 16-byte vectors where the layout allows and single elements elsewhere.
+ *
+ * Layouts (all row-major):
+ *   x        (batch, dim)              XT = float | __half | __nv_bfloat16
+ *   out      (slabs * batch, dim)      XT, slab after slab
+ *   mean     (dim)                     float
+ *   eigvecs  (rank, dim)               UT = __half (default) | float; row k is u_k
+ *   eigvals  (rank)                    double
+ *   part     (splits, rowpad, rpad)    float, split-K partial projections
+ *   q        (slabs * batch, rq)       UT, weighted projections P .* W
+ */
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define GS_THREADS 128
+#define GS_INLINE_LEVELS 16
+
+/* Operation kinds; numbers match `OpKind` in src/backend/cuda.rs. */
+#define GS_OP_SKIP 0
+#define GS_OP_DENOISE 1
+#define GS_OP_SKIP_TRAJ 2
+#define GS_OP_X0_TRAJ 3
+
+struct GsLevel {
+    double alpha, sigma;
+};
+
+struct GsArgs {
+    const void *x;
+    void *out;
+    const float *mean;
+    const void *eigvecs;
+    const double *eigvals;
+    float *part;
+    void *q;
+    unsigned int *counters;
+    const GsLevel *from_table; /* per-row source levels, or NULL: use `from` */
+    const GsLevel *to_table;   /* targets: per row (to_per_row) or per slab; NULL: use `to` */
+    long long batch, dim, rank, rq, rpad, rowpad;
+    int kind, slabs, splits, to_per_row;
+    double residual_var;
+    GsLevel from;
+    GsLevel to[GS_INLINE_LEVELS];
+};
+static_assert(sizeof(GsArgs) == 424, "GsArgs must match src/backend/cuda.rs");
+
+/* ---- element conversions ---- */
+__device__ __forceinline__ float gs_to_f32(float v) { return v; }
+__device__ __forceinline__ float gs_to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float gs_to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T gs_from_f32(float v);
+template <> __device__ __forceinline__ float gs_from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half gs_from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 gs_from_f32<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+/* ---- noise levels and coefficients (SPEC §4; src/noise.rs holds the same formulas) ---- */
+
+/* Level a row jumps from (skip, trajectories; unused by denoise). */
+__device__ __forceinline__ GsLevel gs_from_level(const GsArgs &a, long long row) {
+    return a.from_table ? a.from_table[row] : a.from;
+}
+
+/* Target level of (slab, row): denoise's level, the skip's target, a trajectory's level. */
+__device__ __forceinline__ GsLevel gs_to_level(const GsArgs &a, int slab, long long row) {
+    if (a.to_table) return a.to_per_row ? a.to_table[row] : a.to_table[slab];
+    return a.to[slab];
+}
+
+/* sqrt(alpha^2 lambda + sigma^2), in the precision of T. */
+template <typename T> __device__ __forceinline__ T gs_marginal_std(T alpha, T sigma, T lambda) {
+    return sqrt(alpha * alpha * lambda + sigma * sigma);
+}
+
+/* alpha lambda / s^2, and 0 where s^2 = 0 (noise.rs: `denoise_gain`). */
+template <typename T> __device__ __forceinline__ T gs_denoise_gain(T alpha, T sigma, T lambda) {
+    T s2 = alpha * alpha * lambda + sigma * sigma;
+    return s2 > T(0) ? alpha * lambda / s2 : T(0);
+}
+
+/* Gain of a direction of variance `lambda` for one output: skip g = s(t)/s(s), denoise h(t),
+ * x0 along the jump h(t) g. The per-mode weight is gain(lambda_k) - gain(residual_var). */
+template <typename T>
+__device__ __forceinline__ T gs_gain(int kind, GsLevel from, GsLevel to, T lambda) {
+    T ta = T(to.alpha), ts = T(to.sigma);
+    if (kind == GS_OP_DENOISE) return gs_denoise_gain(ta, ts, lambda);
+    T g = gs_marginal_std(ta, ts, lambda) / gs_marginal_std(T(from.alpha), T(from.sigma), lambda);
+    return kind == GS_OP_X0_TRAJ ? gs_denoise_gain(ta, ts, lambda) * g : g;
+}
+
+/* Per-row shift c (y = x - c mean): the source alpha, or the denoise level's alpha. */
+__device__ __forceinline__ double gs_row_c(const GsArgs &a, long long row) {
+    return a.kind == GS_OP_DENOISE ? gs_to_level(a, 0, row).alpha : gs_from_level(a, row).alpha;
+}
+
+/* Per output row m = slab * batch + row: the mean coefficient a and the off-subspace gain b. */
+__device__ __forceinline__ void gs_row_ab(const GsArgs &a, int slab, long long row, double *ca, double *cb) {
+    GsLevel from = gs_from_level(a, row), to = gs_to_level(a, slab, row);
+    *ca = (a.kind == GS_OP_SKIP || a.kind == GS_OP_SKIP_TRAJ) ? to.alpha : 1.0;
+    *cb = gs_gain<double>(a.kind, from, to, a.residual_var);
+}
+
+/* ---- tiles ---- */
+
+/* A ROWS x COLS tile of a row-major global matrix (leading dimension ld, nrows x ncols valid),
+ * staged through registers: `load` issues the global reads (zero outside the matrix), `store`
+ * writes them to shared memory with leading dimension LDS. 16-byte vectors when `vec` (the
+ * caller checked base alignment and ld % V == 0), single elements otherwise. */
+template <typename T, int ROWS, int COLS, int LDS> struct GsTile {
+    static constexpr int V = 16 / sizeof(T);
+    static constexpr int VPR = COLS / V; /* vectors per tile row */
+    static constexpr int PER = ROWS * VPR / GS_THREADS;
+    static_assert(COLS % V == 0 && (ROWS * VPR) % GS_THREADS == 0, "tile must split evenly");
+    union Vec {
+        uint4 u;
+        T e[V];
+    };
+    Vec reg[PER];
+
+    __device__ __forceinline__ void load(const T *g, long long ld, long long row0, long long col0,
+                                         long long nrows, long long ncols, bool vec) {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            int v = threadIdx.x + i * GS_THREADS;
+            long long gr = row0 + v / VPR, gc = col0 + (v % VPR) * V;
+            if (vec && gr < nrows && gc + V <= ncols) {
+                reg[i].u = __ldg(reinterpret_cast<const uint4 *>(g + gr * ld + gc));
+            } else {
+#pragma unroll
+                for (int e = 0; e < V; ++e)
+                    reg[i].e[e] = (gr < nrows && gc + e < ncols) ? g[gr * ld + gc + e] : gs_from_f32<T>(0.f);
+            }
+        }
+    }
+
+    __device__ __forceinline__ void store(T *s) const {
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            int v = threadIdx.x + i * GS_THREADS;
+            T *dst = s + (v / VPR) * LDS + (v % VPR) * V;
+            if constexpr ((LDS * sizeof(T)) % 16 == 0) {
+                *reinterpret_cast<uint4 *>(dst) = reg[i].u;
+            } else {
+#pragma unroll
+                for (int e = 0; e < V; ++e) dst[e] = reg[i].e[e];
+            }
+        }
+    }
+};
+
+/* Whether 16-byte vector loads are legal on a row-major matrix of T with leading dimension ld. */
+template <typename T> __device__ __forceinline__ bool gs_vec_ok(const void *base, long long ld) {
+    return (reinterpret_cast<uintptr_t>(base) % 16 == 0) && (ld % (16 / sizeof(T)) == 0);
+}

@@ -1,0 +1,377 @@
+/*
+ * skip.cu: every operation of SPEC §4 (skip, denoise, skip and x0 trajectories) in two launches.
+ *
+ *   out = a mean + b y + (P .* W) E,   y = x - c mean,   P = Y E^T
+ *
+ * x: (batch, dim) row-major, XT in {f32, f16, bf16}; out: (slabs * batch, dim), slab after slab;
+ * eigvecs E: (rank, dim) row-major (row k = u_k), UT in {f16 (default), f32}; mean: (dim) f32;
+ * eigvals: (rank) f64. Per-row scalars a, b, c and per-mode weights W come from the noise levels
+ * in GsArgs (common.cuh), evaluated with the expressions of src/noise.rs.
+ *
+ * Launch 1, gs_project_*: P = Y E^T as a (batch x dim) . (dim x rank) product, split along dim.
+ *   grid (ceil(batch/BM), ceil(rank/64), splits), 128 threads. A block owns a BM x 64 tile of P
+ *   (rows x modes) over one dim range; it forms the rows y on the fly from x and mean, streams
+ *   its 64 eigenvector rows in chunks of BK, and accumulates in f32. Split-K keeps batch 1 on
+ *   hundreds of blocks so the eigenvectors stream at full bandwidth. Partial tiles go to
+ *   `part`; the last block of a tile to finish (a counter per tile, reset by that block) sums
+ *   the splits in a fixed order (deterministic), multiplies by the weights W of every output
+ *   slab and writes Q = P .* W to `q` (slabs * batch, rank).
+ * Launch 2, gs_backproject_*: out = a mean + b y + Q E, grid (ceil(slabs*batch/BM), ceil(dim/64)),
+ *   128 threads. A block owns a BM x 64 tile of out (rows x dim columns), streams the 64 columns
+ *   of all eigenvectors in chunks of BK modes, and applies the epilogue on the tile in f32.
+ *
+ * Arithmetic: with f16 eigenvectors, y and Q are rounded to f16 and multiplied on the tensor
+ *   cores (WMMA m16n16k16, HMMA in SASS) with f32 accumulation; b y and a mean stay f32 (SPEC §5:
+ *   <= 2e-3 relative; y and Q must stay inside the f16 range, |.| < 65504). With f32 eigenvectors
+ *   every product is an f32 FMA (<= 1e-5 relative).
+ * Warps: f16 path, the 4 warps form a (BM/32) x (4/(BM/32)) grid, each owning 32 rows and
+ *   64/(4/(BM/32)) columns: BM = 32, 2 fragments; BM = 64, 4; BM = 128, 8. f32 path: thread (tm, tn) of an
+ *   8 x 16 grid owns rows tm*BM/8.. (BM/8 of them) and columns tn, tn+16, tn+32, tn+48.
+ * Sizes: any batch, dim, rank <= dim; tiles are bounds-checked (zero fill), 16-byte loads where
+ *   the leading dimension allows (dim % 8 == 0 for f16, % 4 for f32), single elements otherwise.
+ *
+ * Reference: src/reference.rs (f64, the test oracle) and src/backend/cpu.rs (same two products,
+ *   same plan) take the same model, levels and rows; tests/cuda.rs compares against the former.
+ * Compile line (scripts/build_fatbin.sh; build.rs does the same with the nvcc it finds):
+ *   nvcc -fatbin -O3 -std=c++17 -Xptxas -v --Werror all-warnings \
+ *        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+ *        -gencode arch=compute_90,code=compute_90 -o gaussskip.fatbin kernels/skip.cu
+ */
+#include <mma.h>
+
+#include <type_traits>
+
+#include "common.cuh"
+
+#define GS_BN 64
+
+/* Tile shapes per eigenvector type: BK is the reduction chunk; leading dimensions are padded
+ * so WMMA pointers stay 32-byte aligned (f16) or SIMT column reads avoid bank conflicts (f32). */
+template <typename UT> struct GsShape;
+template <> struct GsShape<__half> {
+    static constexpr bool TC = true;
+    static constexpr int BK = 64;
+    static constexpr int LDK = BK + 8;    /* tiles indexed [row][k] */
+    static constexpr int LDN = GS_BN + 8; /* tiles indexed [k][column] */
+};
+template <> struct GsShape<float> {
+    static constexpr bool TC = false;
+    static constexpr int BK = 32;
+    static constexpr int LDK = BK + 1;
+    static constexpr int LDN = GS_BN + 4;
+};
+#define GS_LDC (GS_BN + 4)
+
+/* Accumulators of one block: a BM x 64 f32 tile, summed on tensor cores or by FMAs. */
+template <typename UT, int BM> struct GsAcc {
+    using S = GsShape<UT>;
+    static constexpr int WARPS_M = BM / 32, WARPS_N = 4 / WARPS_M, FN = GS_BN / 16 / WARPS_N;
+    static constexpr int RM = BM / 8; /* f32 path: rows per thread */
+    static_assert(BM == 32 || BM == 64 || BM == 128, "BM is 32, 64 or 128");
+
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> frag[2][FN];
+    float simt[S::TC ? 1 : RM][4];
+
+    __device__ __forceinline__ void zero() {
+        if constexpr (S::TC) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(frag[i][j], 0.f);
+        } else {
+#pragma unroll
+            for (int i = 0; i < RM; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) simt[i][j] = 0.f;
+        }
+    }
+
+    /* acc += A B over one chunk. A: shared [BM][LDK] (rows x k). B: if B_KN, shared [BK][LDN]
+     * (k x columns), else shared [64][LDK] (columns x k). */
+    template <bool B_KN> __device__ __forceinline__ void mma(const UT *a, const UT *b) {
+        const int warp = threadIdx.x / 32;
+        if constexpr (S::TC) {
+            using namespace nvcuda;
+            const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+            using BLayout = typename std::conditional<B_KN, wmma::row_major, wmma::col_major>::type;
+#pragma unroll
+            for (int kk = 0; kk < S::BK; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, BLayout> fb[FN];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a + (wm * 32 + i * 16) * S::LDK + kk, S::LDK);
+#pragma unroll
+                for (int j = 0; j < FN; ++j) {
+                    const int n = (wn * FN + j) * 16;
+                    if constexpr (B_KN)
+                        wmma::load_matrix_sync(fb[j], b + kk * S::LDN + n, S::LDN);
+                    else
+                        wmma::load_matrix_sync(fb[j], b + n * S::LDK + kk, S::LDK);
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < FN; ++j) wmma::mma_sync(frag[i][j], fa[i], fb[j], frag[i][j]);
+            }
+        } else {
+            const int tm = threadIdx.x / 16, tn = threadIdx.x % 16;
+#pragma unroll 4
+            for (int k = 0; k < S::BK; ++k) {
+                float bv[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n = tn + 16 * j;
+                    bv[j] = B_KN ? b[k * S::LDN + n] : b[n * S::LDK + k];
+                }
+#pragma unroll
+                for (int i = 0; i < RM; ++i) {
+                    const float av = a[(tm * RM + i) * S::LDK + k];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) simt[i][j] = fmaf(av, bv[j], simt[i][j]);
+                }
+            }
+        }
+    }
+
+    /* Writes the tile to shared [BM][GS_LDC]. */
+    __device__ __forceinline__ void store(float *c) const {
+        if constexpr (S::TC) {
+            const int warp = threadIdx.x / 32, wm = warp / WARPS_N, wn = warp % WARPS_N;
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < FN; ++j)
+                    nvcuda::wmma::store_matrix_sync(c + (wm * 32 + i * 16) * GS_LDC + (wn * FN + j) * 16, frag[i][j],
+                                                    GS_LDC, nvcuda::wmma::mem_row_major);
+        } else {
+            const int tm = threadIdx.x / 16, tn = threadIdx.x % 16;
+#pragma unroll
+            for (int i = 0; i < RM; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) c[(tm * RM + i) * GS_LDC + tn + 16 * j] = simt[i][j];
+        }
+    }
+};
+
+/* Rows y = x - c mean of a BM x BK chunk, staged through registers like GsTile: the raw x
+ * values are loaded early, y is formed when the chunk is written to shared memory. A thread
+ * keeps one column kk of the chunk (so one mean value) and every (128/BK)-th row. */
+template <typename XT, typename UT, int BM> struct GsRows {
+    using S = GsShape<UT>;
+    static constexpr int RSTEP = GS_THREADS / S::BK;
+    static constexpr int PER = BM / RSTEP;
+    static_assert(GS_THREADS % S::BK == 0 && BM % RSTEP == 0, "rows must split evenly");
+    XT reg[PER];
+
+    __device__ __forceinline__ void load(const XT *x, long long dim, long long row0, long long k0, long long batch,
+                                         long long kend) {
+        const int mr = threadIdx.x / S::BK;
+        const long long k = k0 + threadIdx.x % S::BK;
+        const XT *p = x + (row0 + mr) * dim + k;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const bool in = k < kend && row0 + mr + i * RSTEP < batch;
+            reg[i] = in ? p[(long long)i * RSTEP * dim] : gs_from_f32<XT>(0.f);
+        }
+    }
+
+    __device__ __forceinline__ void store(UT *s, const float *mean, const float *row_c, long long row0,
+                                          long long k0, long long batch, long long kend) const {
+        const int mr = threadIdx.x / S::BK, kk = threadIdx.x % S::BK;
+        const bool kin = k0 + kk < kend;
+        const float mu = kin ? __ldg(mean + k0 + kk) : 0.f;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int m = mr + i * RSTEP;
+            const float y = (kin && row0 + m < batch) ? gs_to_f32(reg[i]) - row_c[m] * mu : 0.f;
+            s[m * S::LDK + kk] = gs_from_f32<UT>(y);
+        }
+    }
+};
+
+/* ---- launch 1: projection, split-K, weights ---- */
+template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_project(const GsArgs &a) {
+    using S = GsShape<UT>;
+    constexpr int TILE_BYTES = (BM + GS_BN) * S::LDK * (int)sizeof(UT);
+    constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
+    __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
+    __shared__ float row_c[BM];
+    __shared__ bool last;
+    UT *ys = reinterpret_cast<UT *>(smem);
+    UT *es = ys + BM * S::LDK;
+    float *cs = reinterpret_cast<float *>(smem);
+
+    const long long batch = a.batch, dim = a.dim, rank = a.rank;
+    const long long row0 = (long long)blockIdx.x * BM, n0 = (long long)blockIdx.y * GS_BN;
+    const long long chunks = (dim + S::BK - 1) / S::BK, per_split = (chunks + a.splits - 1) / a.splits;
+    const long long kbeg = blockIdx.z * per_split * S::BK;
+    const long long kend = min(dim, kbeg + per_split * S::BK);
+    const XT *x = static_cast<const XT *>(a.x);
+    const UT *eig = static_cast<const UT *>(a.eigvecs);
+    const bool vec = gs_vec_ok<UT>(eig, dim);
+
+    if (threadIdx.x < BM) {
+        const long long r = row0 + threadIdx.x;
+        row_c[threadIdx.x] = r < batch ? (float)gs_row_c(a, r) : 0.f;
+    }
+
+    GsAcc<UT, BM> acc;
+    acc.zero();
+    GsRows<XT, UT, BM> rows;
+    GsTile<UT, GS_BN, S::BK, S::LDK> etile;
+    rows.load(x, dim, row0, kbeg, batch, kend);
+    etile.load(eig, dim, n0, kbeg, rank, kend, vec);
+    for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
+        __syncthreads(); /* previous chunk consumed (and row_c written, first time) */
+        rows.store(ys, a.mean, row_c, row0, k0, batch, kend);
+        etile.store(es);
+        __syncthreads();
+        if (k0 + S::BK < kend) { /* next chunk's reads in flight during the products */
+            rows.load(x, dim, row0, k0 + S::BK, batch, kend);
+            etile.load(eig, dim, n0, k0 + S::BK, rank, kend, vec);
+        }
+        acc.template mma<false>(ys, es);
+    }
+    __syncthreads();
+    acc.store(cs);
+    __syncthreads();
+
+    if (a.splits > 1) {
+        /* Publish this split's tile; the last block of the tile sums all splits in order. */
+        const long long rowpad = a.rowpad, rpad = a.rpad;
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            a.part[((long long)blockIdx.z * rowpad + row0 + m) * rpad + n0 + n] = cs[m * GS_LDC + n];
+        }
+        __threadfence();
+        __syncthreads();
+        unsigned int *counter = a.counters + (blockIdx.y * gridDim.x + blockIdx.x);
+        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == (unsigned)a.splits - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            float s = 0.f;
+            for (int z = 0; z < a.splits; ++z) s += __ldcg(a.part + ((long long)z * rowpad + row0 + m) * rpad + n0 + n);
+            cs[m * GS_LDC + n] = s;
+        }
+        if (threadIdx.x == 0) *counter = 0u; /* every split has arrived: ready for the next call */
+        __syncthreads();
+    }
+
+    /* Q = P .* W for every output slab; W_k = gain(lambda_k) - gain(residual_var) per row. */
+    UT *q = static_cast<UT *>(a.q);
+    const float resid = (float)a.residual_var;
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        const long long r = row0 + m, k = n0 + n;
+        if (r >= batch || k >= rank) continue;
+        const float p = cs[m * GS_LDC + n], lambda = (float)a.eigvals[k];
+        const GsLevel from = gs_from_level(a, r);
+        for (int s = 0; s < a.slabs; ++s) {
+            const GsLevel to = gs_to_level(a, s, r);
+            const float w = gs_gain<float>(a.kind, from, to, lambda) - gs_gain<float>(a.kind, from, to, resid);
+            q[((long long)s * batch + r) * a.rq + k] = gs_from_f32<UT>(p * w);
+        }
+    }
+}
+
+/* ---- launch 2: weighted back-projection and epilogue ---- */
+template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_backproject(const GsArgs &a) {
+    using S = GsShape<UT>;
+    constexpr int TILE_BYTES = (BM * S::LDK + S::BK * S::LDN) * (int)sizeof(UT);
+    constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
+    __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
+    __shared__ float row_a[BM], row_b[BM], row_c[BM];
+    UT *qs = reinterpret_cast<UT *>(smem);
+    UT *es = qs + BM * S::LDK;
+    float *cs = reinterpret_cast<float *>(smem);
+
+    const long long batch = a.batch, dim = a.dim, rank = a.rank, rows = (long long)a.slabs * batch;
+    const long long m0 = (long long)blockIdx.x * BM, n0 = (long long)blockIdx.y * GS_BN;
+    const UT *q = static_cast<const UT *>(a.q);
+    const UT *eig = static_cast<const UT *>(a.eigvecs);
+    const bool qvec = gs_vec_ok<UT>(q, a.rq), evec = gs_vec_ok<UT>(eig, dim);
+
+    if (threadIdx.x < BM) {
+        const long long m = m0 + threadIdx.x;
+        double ca = 0.0, cb = 0.0, cc = 0.0;
+        if (m < rows) {
+            gs_row_ab(a, (int)(m / batch), m % batch, &ca, &cb);
+            cc = gs_row_c(a, m % batch);
+        }
+        row_a[threadIdx.x] = (float)ca;
+        row_b[threadIdx.x] = (float)cb;
+        row_c[threadIdx.x] = (float)cc;
+    }
+
+    GsAcc<UT, BM> acc;
+    acc.zero();
+    GsTile<UT, BM, S::BK, S::LDK> qtile;
+    GsTile<UT, S::BK, GS_BN, S::LDN> etile;
+    qtile.load(q, a.rq, m0, 0, rows, rank, qvec);
+    etile.load(eig, dim, 0, n0, rank, dim, evec);
+    for (long long k0 = 0; k0 < rank; k0 += S::BK) {
+        __syncthreads();
+        qtile.store(qs);
+        etile.store(es);
+        __syncthreads();
+        if (k0 + S::BK < rank) {
+            qtile.load(q, a.rq, m0, k0 + S::BK, rows, rank, qvec);
+            etile.load(eig, dim, k0 + S::BK, n0, rank, dim, evec);
+        }
+        acc.template mma<true>(qs, es);
+    }
+    __syncthreads();
+    acc.store(cs);
+    __syncthreads();
+
+    const XT *x = static_cast<const XT *>(a.x);
+    XT *out = static_cast<XT *>(a.out);
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        const long long gm = m0 + m, gn = n0 + n;
+        if (gm >= rows || gn >= dim) continue;
+        const float mu = __ldg(a.mean + gn);
+        const float y = gs_to_f32(x[(gm % batch) * dim + gn]) - row_c[m] * mu;
+        out[gm * dim + gn] = gs_from_f32<XT>(row_a[m] * mu + row_b[m] * y + cs[m * GS_LDC + n]);
+    }
+}
+
+/* ---- entry points: gs_{project,backproject}_<x dtype>x_<eigvec dtype>u_bm<rows per block> ----
+ * The second launch-bounds number caps registers so that several blocks share a multiprocessor:
+ * streaming the eigenvectors needs many loads in flight per multiprocessor. */
+#define GS_PROJECT(XN, XT, UN, UT, BM, MINB)                                                                        \
+    extern "C" __global__ void __launch_bounds__(GS_THREADS, MINB)                                                 \
+        gs_project_##XN##x_##UN##u_bm##BM(const __grid_constant__ GsArgs a) {                                       \
+        gs_project<XT, UT, BM>(a);                                                                                  \
+    }
+#define GS_BACKPROJECT(XN, XT, UN, UT, BM, MINB)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GS_THREADS, MINB)                                                 \
+        gs_backproject_##XN##x_##UN##u_bm##BM(const __grid_constant__ GsArgs a) {                                   \
+        gs_backproject<XT, UT, BM>(a);                                                                              \
+    }
+#define GS_KERNELS(XN, XT, UN, UT)                                                                                  \
+    GS_PROJECT(XN, XT, UN, UT, 32, 4)                                                                               \
+    GS_PROJECT(XN, XT, UN, UT, 64, 2)                                                                               \
+    GS_BACKPROJECT(XN, XT, UN, UT, 32, 4)                                                                           \
+    GS_BACKPROJECT(XN, XT, UN, UT, 128, 1)
+
+GS_KERNELS(f32, float, f16, __half)
+GS_KERNELS(f16, __half, f16, __half)
+GS_KERNELS(bf16, __nv_bfloat16, f16, __half)
+GS_KERNELS(f32, float, f32, float)
+GS_KERNELS(f16, __half, f32, float)
+GS_KERNELS(bf16, __nv_bfloat16, f32, float)
+
+/*
+ * Launcher notes (src/backend/cuda.rs): launch 1 uses BM = 64 from 64 rows of x up, else 32;
+ * launch 2 uses BM = 128 from 128 output rows up, else 32.
+ * splits = the fewest splits that give about 4 blocks per multiprocessor for launch 1, each
+ * split a whole number of BK chunks (so no split is empty). part is splits x rowpad x rpad
+ * (rowpad = row tiles * BM, rpad = mode tiles * 64, so partial writes need no bounds);
+ * counters (one per row tile x mode tile) start at zero when allocated and are reset by the
+ * last block of their tile. Both launches go on the caller's stream; q, part and counters
+ * belong to that stream's workspace, so concurrent streams never share them.
+ */
