@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds everything the GPU machine needs HERE and packs it into .carry/ (git-ignored), for
+# the device tool's `carry`. The GPU machine has no Rust toolchain and no network, so it runs
+# only what this packs:
+#   .carry/bin/cuda-tests    tests/cuda.rs (GPU tests; GAUSSSKIP_REQUIRE_CUDA=1 makes a
+#                            missing GPU a failure instead of a skip)
+#   .carry/bin/cuda-bench    benches/cuda.rs (criterion)
+#   .carry/lib/libgaussskip.so
+#   .carry/bench/gpu_bench.py, .carry/bench/torch_peer.py (copy of ../shared/bench)
+#   .carry/run_gpu.sh        the command to run there: tests, then the speed table
+# The binaries need glibc >= 2.34 and load libcuda at run time (no CUDA toolkit).
+#
+# Usage: scripts/device_build.sh      then, with the device tool:
+#   run(command="bash .carry/run_gpu.sh", carry=[".carry"], timeout_s=600)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+carry="$root/.carry"
+
+cargo build --release
+exe() { # the executable cargo reports for target `$2` of kind `$1` in the JSON on stdin
+    python3 -c '
+import json, sys
+kind, name = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name and kind in m["target"]["kind"]:
+        print(m["executable"])
+' "$1" "$2"
+}
+tests=$(cargo test --release --test cuda --no-run --message-format=json | exe test cuda)
+bench=$(cargo bench --bench cuda --no-run --message-format=json | exe bench cuda)
+[ -n "$tests" ] && [ -n "$bench" ] || { echo "could not find the built test/bench executables" >&2; exit 1; }
+
+rm -rf "$carry.tmp"
+mkdir -p "$carry.tmp/bin" "$carry.tmp/lib" "$carry.tmp/bench"
+cp "$tests" "$carry.tmp/bin/cuda-tests"
+cp "$bench" "$carry.tmp/bin/cuda-bench"
+cp target/release/libgaussskip.so "$carry.tmp/lib/"
+cp scripts/gpu_bench.py "$carry.tmp/bench/"
+if [ -f ../shared/bench/torch_peer.py ]; then cp ../shared/bench/torch_peer.py "$carry.tmp/bench/"; fi
+cat > "$carry.tmp/run_gpu.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root (the device tool's working directory).
+set -uo pipefail
+out=${OUT:-/tmp/gs-out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+echo "== GPU tests"
+GAUSSSKIP_REQUIRE_CUDA=1 .carry/bin/cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/tests.log" | grep -E "^test |test result|panicked|configurations|relative error"
+tests_rc=${PIPESTATUS[0]}
+echo "== speed table (ours vs PyTorch, same run)"
+PYTHONUNBUFFERED=1 python3 .carry/bench/gpu_bench.py --lib .carry/lib/libgaussskip.so ${GS_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
+bench_rc=${PIPESTATUS[0]}
+echo "tests rc=$tests_rc bench rc=$bench_rc"
+exit $(( tests_rc != 0 || bench_rc != 0 ))
+RUN
+chmod +x "$carry.tmp/run_gpu.sh"
+rm -rf "$carry"
+mv "$carry.tmp" "$carry"
+du -sh "$carry"
+echo "packed $carry: run 'bash .carry/run_gpu.sh' on the device with carry=[\".carry\"]"
