@@ -10,7 +10,8 @@
  *   mean     (dim)                     float
  *   eigvecs  (rank, dim)               UT = __half (default) | float; row k is u_k
  *   eigvals  (rank)                    double
- *   part     (splits, rowpad, rpad)    float, split-K partial projections
+ *   part     (splits, rowpad, rpad)    float, launch 1's split-K partial projections; then
+ *            (splits2, rowpad2, cpad)  launch 2's split-K partial outputs (same buffer)
  *   q        (slabs * batch, rq)       UT, weighted projections P .* W
  */
 #pragma once
@@ -43,13 +44,15 @@ struct GsArgs {
     unsigned int *counters;
     const GsLevel *from_table; /* per-row source levels, or NULL: use `from` */
     const GsLevel *to_table;   /* targets: per row (to_per_row) or per slab; NULL: use `to` */
-    long long batch, dim, rank, rq, rpad, rowpad;
+    long long batch, dim, rank, rq, rpad, rowpad; /* rpad, rowpad: launch 1's padded tile grid */
+    long long cpad, rowpad2;                     /* launch 2's padded tile grid (columns, rows) */
     int kind, slabs, splits, to_per_row;
+    int splits2, reserved;
     double residual_var;
     GsLevel from;
     GsLevel to[GS_INLINE_LEVELS];
 };
-static_assert(sizeof(GsArgs) == 424, "GsArgs must match src/backend/cuda.rs");
+static_assert(sizeof(GsArgs) == 448, "GsArgs must match src/backend/cuda.rs");
 
 /* ---- element conversions ---- */
 __device__ __forceinline__ float gs_to_f32(float v) { return v; }

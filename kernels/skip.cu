@@ -16,9 +16,11 @@
  *   `part`; the last block of a tile to finish (a counter per tile, reset by that block) sums
  *   the splits in a fixed order (deterministic), multiplies by the weights W of every output
  *   slab and writes Q = P .* W to `q` (slabs * batch, rank).
- * Launch 2, gs_backproject_*: out = a mean + b y + Q E, grid (ceil(slabs*batch/BM), ceil(dim/64)),
- *   128 threads. A block owns a BM x 64 tile of out (rows x dim columns), streams the 64 columns
- *   of all eigenvectors in chunks of BK modes, and applies the epilogue on the tile in f32.
+ * Launch 2, gs_backproject_*: out = a mean + b y + Q E, grid (ceil(slabs*batch/BM), ceil(dim/64),
+ *   splits2), 128 threads. A block owns a BM x 64 tile of out (rows x dim columns) over one range
+ *   of modes, streaming those 64 columns of the eigenvectors in chunks of BK modes. With
+ *   splits2 > 1 the partial tiles meet in `part` the same way (last block sums in order); the
+ *   block that completes a tile applies the epilogue a mean + b y in f32 and writes out.
  *
  * Arithmetic: with f16 eigenvectors, y and Q are rounded to f16 and multiplied on the tensor
  *   cores (WMMA m16n16k16, HMMA in SASS) with f32 accumulation; b y and a mean stay f32 (SPEC §5:
@@ -189,6 +191,36 @@ template <typename XT, typename UT, int BM> struct GsRows {
     }
 };
 
+/* Split-K meeting point: every block of a tile publishes its partial tile (shared cs) to
+ * part[z][row0 + m][col0 + n]; the last of the `splits` blocks to arrive (per-tile counter)
+ * sums all partials in split order into cs, resets the counter for the next call and returns
+ * true; the others return false. Standard fence-then-count pattern: each thread fences its
+ * own stores before the barrier, the counting thread's atomic follows the barrier. */
+template <int BM>
+__device__ __forceinline__ bool gs_split_reduce(float *cs, float *part, unsigned int *counter, int splits,
+                                                long long rowpad, long long cpad, long long row0, long long col0) {
+    __shared__ bool last;
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        part[((long long)blockIdx.z * rowpad + row0 + m) * cpad + col0 + n] = cs[m * GS_LDC + n];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == (unsigned)splits - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        float s = 0.f;
+        for (int z = 0; z < splits; ++z) s += __ldcg(part + ((long long)z * rowpad + row0 + m) * cpad + col0 + n);
+        cs[m * GS_LDC + n] = s;
+    }
+    if (threadIdx.x == 0) *counter = 0u; /* every split has arrived: ready for the next call */
+    __syncthreads();
+    return true;
+}
+
 /* ---- launch 1: projection, split-K, weights ---- */
 template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_project(const GsArgs &a) {
     using S = GsShape<UT>;
@@ -196,7 +228,6 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
     __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
     __shared__ float row_c[BM];
-    __shared__ bool last;
     UT *ys = reinterpret_cast<UT *>(smem);
     UT *es = ys + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
@@ -236,29 +267,10 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     acc.store(cs);
     __syncthreads();
 
-    if (a.splits > 1) {
-        /* Publish this split's tile; the last block of the tile sums all splits in order. */
-        const long long rowpad = a.rowpad, rpad = a.rpad;
-        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-            const int m = e / GS_BN, n = e % GS_BN;
-            a.part[((long long)blockIdx.z * rowpad + row0 + m) * rpad + n0 + n] = cs[m * GS_LDC + n];
-        }
-        __threadfence();
-        __syncthreads();
-        unsigned int *counter = a.counters + (blockIdx.y * gridDim.x + blockIdx.x);
-        if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == (unsigned)a.splits - 1;
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-            const int m = e / GS_BN, n = e % GS_BN;
-            float s = 0.f;
-            for (int z = 0; z < a.splits; ++z) s += __ldcg(a.part + ((long long)z * rowpad + row0 + m) * rpad + n0 + n);
-            cs[m * GS_LDC + n] = s;
-        }
-        if (threadIdx.x == 0) *counter = 0u; /* every split has arrived: ready for the next call */
-        __syncthreads();
-    }
+    if (a.splits > 1 &&
+        !gs_split_reduce<BM>(cs, a.part, a.counters + (blockIdx.y * gridDim.x + blockIdx.x), a.splits, a.rowpad,
+                             a.rpad, row0, n0))
+        return;
 
     /* Q = P .* W for every output slab; W_k = gain(lambda_k) - gain(residual_var) per row. */
     UT *q = static_cast<UT *>(a.q);
@@ -306,26 +318,34 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
         row_c[threadIdx.x] = (float)cc;
     }
 
+    const long long chunks = (rank + S::BK - 1) / S::BK, per_split = (chunks + a.splits2 - 1) / a.splits2;
+    const long long kbeg = blockIdx.z * per_split * S::BK;
+    const long long kend = min(rank, kbeg + per_split * S::BK);
+
     GsAcc<UT, BM> acc;
     acc.zero();
     GsTile<UT, BM, S::BK, S::LDK> qtile;
     GsTile<UT, S::BK, GS_BN, S::LDN> etile;
-    qtile.load(q, a.rq, m0, 0, rows, rank, qvec);
-    etile.load(eig, dim, 0, n0, rank, dim, evec);
-    for (long long k0 = 0; k0 < rank; k0 += S::BK) {
+    qtile.load(q, a.rq, m0, kbeg, rows, kend, qvec);
+    etile.load(eig, dim, kbeg, n0, kend, dim, evec);
+    for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
         __syncthreads();
         qtile.store(qs);
         etile.store(es);
         __syncthreads();
-        if (k0 + S::BK < rank) {
-            qtile.load(q, a.rq, m0, k0 + S::BK, rows, rank, qvec);
-            etile.load(eig, dim, k0 + S::BK, n0, rank, dim, evec);
+        if (k0 + S::BK < kend) {
+            qtile.load(q, a.rq, m0, k0 + S::BK, rows, kend, qvec);
+            etile.load(eig, dim, k0 + S::BK, n0, kend, dim, evec);
         }
         acc.template mma<true>(qs, es);
     }
     __syncthreads();
     acc.store(cs);
     __syncthreads();
+    if (a.splits2 > 1 &&
+        !gs_split_reduce<BM>(cs, a.part, a.counters + (blockIdx.y * gridDim.x + blockIdx.x), a.splits2, a.rowpad2,
+                             a.cpad, m0, n0))
+        return;
 
     const XT *x = static_cast<const XT *>(a.x);
     XT *out = static_cast<XT *>(a.out);
@@ -367,11 +387,14 @@ GS_KERNELS(bf16, __nv_bfloat16, f32, float)
 
 /*
  * Launcher notes (src/backend/cuda.rs): launch 1 uses BM = 64 from 64 rows of x up, else 32;
- * launch 2 uses BM = 128 from 128 output rows up, else 32.
- * splits = the fewest splits that give about 4 blocks per multiprocessor for launch 1, each
- * split a whole number of BK chunks (so no split is empty). part is splits x rowpad x rpad
- * (rowpad = row tiles * BM, rpad = mode tiles * 64, so partial writes need no bounds);
- * counters (one per row tile x mode tile) start at zero when allocated and are reset by the
- * last block of their tile. Both launches go on the caller's stream; q, part and counters
+ * launch 2 uses BM = 128 from 128 output rows up, else 32. For each launch, splits = the fewest
+ * splits that give about 4 blocks per multiprocessor (4 blocks of <= 128 registers per thread
+ * fit, and 4 x 8 KB of eigenvector loads in flight per multiprocessor is what the memory needs
+ * by Little's law), each split a whole number of BK chunks; an empty split (possible when the
+ * chunks do not divide evenly) adds a zero partial. part holds splits x rowpad x rpad floats
+ * for launch 1, then splits2 x rowpad2 x cpad for launch 2 (padded to whole tiles, so partial
+ * writes need no bounds); launch 1 has finished with it when launch 2 starts. The counters
+ * (one per tile, shared by both launches) start at zero when allocated and are reset by the
+ * last block of each tile. Both launches go on the caller's stream; q, part and counters
  * belong to that stream's workspace, so concurrent streams never share them.
  */

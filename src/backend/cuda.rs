@@ -85,15 +85,19 @@ struct GsArgs {
     rq: i64,
     rpad: i64,
     rowpad: i64,
+    cpad: i64,
+    rowpad2: i64,
     kind: i32,
     slabs: i32,
     splits: i32,
     to_per_row: i32,
+    splits2: i32,
+    reserved: i32,
     residual_var: f64,
     from: GsLevel,
     to: [GsLevel; INLINE_LEVELS],
 }
-const _: () = assert!(std::mem::size_of::<GsArgs>() == 424);
+const _: () = assert!(std::mem::size_of::<GsArgs>() == 448);
 
 /// Operation numbers of kernels/common.cuh (`GS_OP_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +215,7 @@ struct Geometry {
     bm2: usize,
     row_tiles2: usize,
     col_tiles: usize,
+    splits2: usize,
     rq: usize,
     part_bytes: usize,
     q_bytes: usize,
@@ -417,32 +422,47 @@ impl CudaBackend {
             EigvecStorage::F32 => 4,
         };
         let bk = if ub == 2 { 64 } else { 32 };
+        // Splits of a reduction of `chunks` chunks over `tiles` tiles: about four blocks per
+        // multiprocessor, each split a whole number of chunks.
+        let split = |tiles: usize, chunks: usize| {
+            let want = (4 * self.sms).div_ceil(tiles).clamp(1, chunks.max(1));
+            chunks.div_ceil(chunks.div_ceil(want)).max(1)
+        };
         let bm1 = if batch >= 64 { 64 } else { 32 };
         let row_tiles1 = batch.div_ceil(bm1);
         let mode_tiles = r.div_ceil(BN);
-        let tiles = row_tiles1 * mode_tiles;
-        let chunks = d.div_ceil(bk);
-        // About four blocks per multiprocessor in launch 1, each split a whole number of chunks.
-        let want = (4 * self.sms).div_ceil(tiles).clamp(1, chunks);
-        let per_split = chunks.div_ceil(want);
-        let splits = chunks.div_ceil(per_split);
+        let tiles1 = row_tiles1 * mode_tiles;
+        let splits = split(tiles1, d.div_ceil(bk));
         let rows2 = slabs
             .checked_mul(batch)
             .ok_or_else(|| Error::arg("batch", "slabs x batch overflows"))?;
         let bm2 = if rows2 >= 128 { 128 } else { 32 };
+        let row_tiles2 = rows2.div_ceil(bm2);
+        let col_tiles = d.div_ceil(BN);
+        let tiles2 = row_tiles2
+            .checked_mul(col_tiles)
+            .ok_or_else(|| Error::arg("batch", "too many output tiles"))?;
+        let splits2 = split(tiles2, r.div_ceil(bk));
         let rq = r.div_ceil(8) * 8;
         let too_big = || Error::arg("batch", "the scratch this call needs overflows usize");
-        let part_bytes = if splits > 1 {
+        let partial = |splits: usize, rows: usize, cols: usize| -> Result<usize> {
+            if splits < 2 {
+                return Ok(0);
+            }
             splits
-                .checked_mul(row_tiles1 * bm1)
-                .and_then(|v| v.checked_mul(mode_tiles * BN * 4))
-                .ok_or_else(too_big)?
-        } else {
-            0
+                .checked_mul(rows)
+                .and_then(|v| v.checked_mul(cols))
+                .and_then(|v| v.checked_mul(4))
+                .ok_or_else(too_big)
         };
+        let part_bytes = partial(splits, row_tiles1 * bm1, mode_tiles * BN)?.max(partial(
+            splits2,
+            row_tiles2 * bm2,
+            col_tiles * BN,
+        )?);
         let q_bytes = rows2.checked_mul(rq * ub).ok_or_else(too_big)?;
         if row_tiles1 > i32::MAX as usize
-            || rows2.div_ceil(bm2) > i32::MAX as usize
+            || row_tiles2 > i32::MAX as usize
             || slabs > i32::MAX as usize
         {
             return Err(Error::arg("batch", "too many rows for one launch"));
@@ -453,12 +473,13 @@ impl CudaBackend {
             mode_tiles,
             splits,
             bm2,
-            row_tiles2: rows2.div_ceil(bm2),
-            col_tiles: d.div_ceil(BN),
+            row_tiles2,
+            col_tiles,
+            splits2,
             rq,
             part_bytes,
             q_bytes,
-            counter_bytes: tiles * 4,
+            counter_bytes: tiles1.max(tiles2) * 4,
         })
     }
 
@@ -786,10 +807,14 @@ impl CudaBackend {
             rq: g.rq as i64,
             rpad: (g.mode_tiles * BN) as i64,
             rowpad: (g.row_tiles1 * g.bm1) as i64,
+            cpad: (g.col_tiles * BN) as i64,
+            rowpad2: (g.row_tiles2 * g.bm2) as i64,
             kind: kind as i32,
             slabs: slabs as i32,
             splits: g.splits as i32,
             to_per_row: to_per_row as i32,
+            splits2: g.splits2 as i32,
+            reserved: 0,
             residual_var: model.residual_var(),
             from: match from {
                 Levels::One(n) => n.into(),
@@ -822,7 +847,7 @@ impl CudaBackend {
         // SAFETY: as above for f2; it runs after f1 on the same stream.
         result::launch_kernel(
             f2,
-            (g.row_tiles2 as u32, g.col_tiles as u32, 1),
+            (g.row_tiles2 as u32, g.col_tiles as u32, g.splits2 as u32),
             (THREADS, 1, 1),
             0,
             stream,
