@@ -51,7 +51,11 @@ fn compiled(root: &Path) -> Option<(PathBuf, String)> {
                 .output()
                 .ok()
                 .and_then(|v| String::from_utf8(v.stdout).ok())
-                .and_then(|v| v.lines().last().map(str::to_string))
+                .and_then(|v| {
+                    v.lines()
+                        .find(|l| l.contains("release"))
+                        .map(str::to_string)
+                })
                 .unwrap_or_default();
             Some((out, format!("nvcc {}", version.trim())))
         }
