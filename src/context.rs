@@ -174,11 +174,14 @@ impl Context {
     }
 
     /// Runs any operation on host rows `x` (`batch x dim`) into `out`
-    /// (`op.slabs() * batch x dim`).
+    /// (`op.slabs() * batch x dim`). On a CUDA context the rows are copied to the device and
+    /// back around the kernels (a convenience path that allocates per call; use
+    /// [`Context::apply_raw`] with device buffers for speed).
     ///
     /// # Errors
     /// `ShapeMismatch` for buffer sizes, `NonFinite` for NaN/Inf in `x`, level errors of
-    /// [`Op::validate`]. `out` is untouched on error.
+    /// [`Op::validate`]; on a CUDA context also `OutOfMemory` and `Cuda` from the driver.
+    /// `out` is untouched on error.
     pub fn apply<T: Element>(
         &self,
         model: &Model,
@@ -324,13 +327,24 @@ impl Context {
     /// CUDA context (then `stream` is the caller's `CUstream`, NULL for the default stream;
     /// it is ignored on a CPU context). This is what the C ABI calls.
     ///
+    /// On a CUDA context the call is two kernel launches on `stream`; it returns once they
+    /// are queued (no host synchronisation) and can be captured in a CUDA graph once the
+    /// model and the stream's scratch are in place (see [`Context::prepare`]). Device inputs
+    /// are not scanned for NaN/Inf (that would need a synchronisation).
+    ///
     /// # Errors
     /// As [`Context::apply`], plus `NullPointer` for NULL buffers and `InvalidArgument` for
-    /// `batch == 0` or overlapping `x` and `out`.
+    /// `batch == 0` or overlapping `x` and `out`. On a CUDA context also: `InvalidArgument`
+    /// for a pointer the driver does not know or that lives on another device,
+    /// `ShapeMismatch` for an allocation smaller than the call needs, `InvalidArgument` for
+    /// work that cannot be captured (first use of a model, scratch growth, per-row level
+    /// tables) while `stream` is capturing, `OutOfMemory` and `Cuda` from the driver.
     ///
     /// # Safety
     /// `x` must point to `batch * dim` elements of `dtype` and `out` to
-    /// `op.slabs() * batch * dim`, valid for the call, on the context's device.
+    /// `op.slabs() * batch * dim`, valid for the call, on the context's device; on a CUDA
+    /// context `stream` is NULL or a live `CUstream` of that device.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn apply_raw(
         &self,
         model: &Model,
