@@ -9,6 +9,9 @@
 //! f16/bf16 output cannot hold the exact value. Also: a call captured in a CUDA graph and
 //! replayed on new inputs, two streams in flight, bad pointers and sizes.
 //!
+//! Run single-threaded on a GPU (`--test-threads=1`): the graph test captures in global mode,
+//! where another thread's allocation would invalidate the capture.
+//!
 //! Without a usable GPU every test prints "skipped: no CUDA device (reason)" and passes; set
 //! GAUSSSKIP_REQUIRE_CUDA=1 to make that a failure (the GPU session does).
 #![cfg(feature = "cuda")]
@@ -262,7 +265,7 @@ fn every_operation_matches_the_f64_reference() {
         (97, 33, &[1, 3, 17, 257]),
         (784, 784, &[1, 17]),
         (784, 100, &[1, 3, 17, 257]),
-        (3073, 257, &[1, 3, 17, 257]),
+        (3073, 257, &[1, 3, 17]),
         (3073, 3073, &[1, 3]),
     ];
     let contexts: Vec<(EigvecStorage, Context)> =
