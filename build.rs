@@ -12,7 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=kernels");
+    // The kernel sources, flags and prebuilt fatbin (not the notes or the host emulation).
+    println!("cargo:rerun-if-changed=kernels/nvcc-flags.txt");
+    println!("cargo:rerun-if-changed=kernels/prebuilt/gaussskip.fatbin");
+    if let Ok(dir) = std::fs::read_dir("kernels") {
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "cu" || e == "cuh") {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
     for var in ["NVCC", "CUDA_HOME", "GAUSSSKIP_PREBUILT"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
