@@ -106,7 +106,8 @@ def as_levels(value, name: str) -> Union[Noise, List[Noise]]:
     if isinstance(value, (list, tuple)):
         return [as_level(v, name) for v in value]
     raise TypeError(
-        f"`{name}` must be a level, or a sequence of levels of batch length, got {type(value).__name__}"
+        f"`{name}` must be a noise level (gaussskip.Noise or a number meaning EDM sigma) or a "
+        f"sequence of them of batch length, got {type(value).__name__}"
     )
 
 
