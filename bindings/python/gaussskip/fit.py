@@ -111,6 +111,13 @@ class Moments:
         )
 
 
+def _host(batch):
+    """A NumPy view of a batch (CPU or CUDA tensors are copied to the host in float64)."""
+    if hasattr(batch, "detach"):
+        return batch.detach().cpu().double().numpy()
+    return batch
+
+
 def fit(
     data: Union[np.ndarray, Iterable],
     rank: Optional[int] = None,
@@ -122,13 +129,11 @@ def fit(
     """Fits a model to an array of rows (n, *item) or to an iterable of such batches
     (NumPy arrays or CPU tensors), streaming: see :meth:`Moments.fit` for the options."""
     m = Moments()
-    if isinstance(data, np.ndarray):
-        m.update(data)
+    if isinstance(data, np.ndarray) or hasattr(data, "detach"):
+        m.update(_host(data))  # one array: rows along the first axis (not an iterable of rows)
     else:
         for batch in data:
-            if hasattr(batch, "detach"):
-                batch = batch.detach().cpu().double().numpy()
-            m.update(batch)
+            m.update(_host(batch))
     if m.count == 0:
         raise DatasetError("dataset: no rows", 13)
     return m.fit(rank, residual, value_space=value_space, source=source)

@@ -162,7 +162,9 @@ class Model:
 
         Metadata (item shape, value space such as ``"[-1,1]"``, source, sample count) is
         stored in files written by :meth:`save`. A ``mean`` of more than one dimension gives
-        the item shape when none is passed.
+        the item shape when none is passed. Without metadata the model is built through
+        ``gs_model_from_parts``, which takes eigvals and residual_var as float32; with
+        metadata it goes through a model file and keeps them in float64.
 
         Raises:
             ShapeMismatchError: inconsistent sizes. NonFiniteError / InvalidModelError from
