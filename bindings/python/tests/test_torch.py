@@ -6,7 +6,6 @@ GPU run (H100/H200): ``pytest -v bindings/python/tests/test_torch.py`` from the 
 root after ``cargo build --release``.
 """
 
-import numpy as np
 import pytest
 
 import gaussskip as gs
