@@ -9,11 +9,12 @@
  *            GS_ERR_NO_CUDA) or "present" (GS_OK or GS_ERR_NO_CUDA are both accepted).
  *
  * Checks, in order: library identity, every operation and element type against the f64
- * reference with NaN-poisoned outputs, model round trips, then every kind of bad call: its
+ * reference with NaN-poisoned outputs in buffers that end at an inaccessible page, model
+ * round trips, then every kind of bad call: its
  * own status, a non-empty message, and an output buffer (or handle) left byte for byte as it
  * was. Prints one line per measured error; exits 0 only when every check passed. */
 
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS, pthreads */
 
 #include <math.h>
 #include <pthread.h>
@@ -21,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "gaussskip.h"
 
@@ -173,8 +176,7 @@ static const double DTYPE_TOL[3] = {TOL_F32, TOL_F16, TOL_BF16};
 
 static size_t elem_size(uint32_t dtype) { return dtype == GS_DTYPE_F32 ? 4 : 2; }
 
-static void *to_dtype(const float *src, size_t n, uint32_t dtype) {
-    void *dst = malloc(n * elem_size(dtype));
+static void convert(const float *src, size_t n, uint32_t dtype, void *dst) {
     for (size_t i = 0; i < n; i++) {
         if (dtype == GS_DTYPE_F32) {
             ((float *)dst)[i] = src[i];
@@ -184,8 +186,41 @@ static void *to_dtype(const float *src, size_t n, uint32_t dtype) {
             ((uint16_t *)dst)[i] = f32_to_bf16(src[i]);
         }
     }
+}
+
+static void *to_dtype(const float *src, size_t n, uint32_t dtype) {
+    void *dst = malloc(n * elem_size(dtype));
+    convert(src, n, dtype, dst);
     return dst;
 }
+
+/* A buffer that ends exactly where an inaccessible page begins, so that a library reading or
+ * writing one element past the end crashes the program (the test then fails on SIGSEGV). */
+struct guarded {
+    void *map;
+    size_t map_len;
+    void *ptr;
+};
+
+static void *guarded_alloc(size_t bytes, struct guarded *g) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t pages = (bytes + page - 1) / page;
+    g->map_len = (pages + 1) * page;
+    g->map = mmap(NULL, g->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g->map == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    char *guard = (char *)g->map + pages * page;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        perror("mprotect");
+        exit(2);
+    }
+    g->ptr = guard - bytes;
+    return g->ptr;
+}
+
+static void guarded_free(struct guarded *g) { munmap(g->map, g->map_len); }
 
 static double get_elem(const void *buf, size_t i, uint32_t dtype) {
     if (dtype == GS_DTYPE_F32) {
@@ -358,8 +393,10 @@ static void check_operations(const struct fixture *fx, gs_context *ctx, const gs
         double *ref = read_exact(name, n_out * sizeof(double));
         for (int t = 0; t < 3; t++) {
             uint32_t dtype = DTYPES[t];
-            void *x = to_dtype(fx->x, n_in, dtype);
-            void *out = malloc(n_out * elem_size(dtype));
+            struct guarded gx, gout;
+            void *x = guarded_alloc(n_in * elem_size(dtype), &gx);
+            void *out = guarded_alloc(n_out * elem_size(dtype), &gout);
+            convert(fx->x, n_in, dtype, x);
             fill_nan(out, n_out, dtype);
             gs_status s = run(fx, (enum op)op, ctx, m, dtype, x, out, fx->batch);
             CHECK(s == GS_OK, "%s %s %s: status %u (%s)", label, OP_NAMES[op], DTYPE_NAMES[t], s,
@@ -371,8 +408,8 @@ static void check_operations(const struct fixture *fx, gs_context *ctx, const gs
                    DTYPE_NAMES[t], err, DTYPE_TOL[t]);
             CHECK(err <= DTYPE_TOL[t], "%s %s %s: relative error %.3e > %.0e", label, OP_NAMES[op],
                   DTYPE_NAMES[t], err, DTYPE_TOL[t]);
-            free(x);
-            free(out);
+            guarded_free(&gx);
+            guarded_free(&gout);
         }
         free(ref);
     }
