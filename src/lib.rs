@@ -36,11 +36,12 @@ pub mod fit;
 pub mod ideal;
 pub mod model;
 pub mod noise;
+pub mod npy;
 pub mod reference;
 pub mod rng;
 pub mod sampler;
 
-pub use context::{Context, Device};
+pub use context::{Context, Device, EigvecStorage};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
 pub use model::{Model, ModelMeta};
