@@ -1,1 +1,342 @@
-//! Fitting a Gaussian model from data: streaming mergeable moments and eigendecomposition.
+//! Fitting a Gaussian model to data (SPEC §6): streaming, mergeable moments, then an
+//! eigendecomposition of the covariance truncated to a rank.
+//!
+//! [`Moments`] never holds the dataset: it keeps the count, the mean and the centred
+//! second-moment (scatter) matrix in f64. Each batch is centred on its own mean before its
+//! scatter is formed (one GEMM), and batches, shards or whole [`Moments`] combine with the
+//! pairwise update of Chan, Golub and LeVeque, so a large common offset in the data never
+//! enters a sum of squares and shards fitted on different machines merge exactly.
+//!
+//! ```
+//! use gaussskip::fit::{fit_model, FitOptions, Moments, Rank, Residual};
+//! let rows = [1.0f32, 2.0, 3.0, 5.0, 2.0, 1.0]; // three items of two values
+//! let mut m = Moments::new(2);
+//! m.add_rows(&rows)?;
+//! let model = fit_model(&m, &FitOptions { rank: Rank::Full, ..FitOptions::default() })?;
+//! assert_eq!(model.rank(), 2);
+//! # Ok::<(), gaussskip::Error>(())
+//! ```
+
+mod input;
+
+pub use input::{moments_from_path, rows_from_path, InputOptions, Loaded, Rows, Scale};
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Side};
+
+use crate::error::{check_finite, Error, Result};
+use crate::model::{Model, ModelMeta};
+
+/// Rows per internal batch: bounds the f64 copy of a batch to `BATCH_ROWS x dim`.
+const BATCH_ROWS: usize = 1024;
+
+/// Streaming count, mean and centred second moments of `dim`-vectors.
+#[derive(Clone, Debug)]
+pub struct Moments {
+    dim: usize,
+    count: u64,
+    mean: Vec<f64>,
+    /// Sum over items of (x − mean)(x − mean)ᵀ, `dim x dim`.
+    scatter: Mat<f64>,
+}
+
+impl Moments {
+    /// Empty moments of `dim`-vectors (`dim >= 1`). Memory: `dim²` f64.
+    pub fn new(dim: usize) -> Moments {
+        Moments {
+            dim,
+            count: 0,
+            mean: vec![0.0; dim],
+            scatter: Mat::zeros(dim, dim),
+        }
+    }
+
+    /// Length of one item.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of items added so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Mean of the items added so far (zeros when none).
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    /// Centred second-moment matrix Σᵢ (xᵢ − x̄)(xᵢ − x̄)ᵀ.
+    pub fn scatter(&self) -> MatRef<'_, f64> {
+        self.scatter.as_ref()
+    }
+
+    /// Adds items given as row-major `items x dim` f32 values.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` when the length is not a multiple of `dim`; `NonFinite` for NaN/Inf
+    /// (nothing is added then).
+    pub fn add_rows(&mut self, rows: &[f32]) -> Result<()> {
+        self.check_rows(rows)?;
+        for chunk in rows.chunks(BATCH_ROWS * self.dim) {
+            let batch: Vec<f64> = chunk.iter().map(|&v| f64::from(v)).collect();
+            self.add_batch(batch);
+        }
+        Ok(())
+    }
+
+    /// Adds items given as row-major `items x dim` f64 values.
+    ///
+    /// # Errors
+    /// As [`Moments::add_rows`].
+    pub fn add_rows_f64(&mut self, rows: &[f64]) -> Result<()> {
+        self.check_rows(rows)?;
+        for chunk in rows.chunks(BATCH_ROWS * self.dim) {
+            self.add_batch(chunk.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Adds everything `other` has seen, exactly as if its items had been added here.
+    ///
+    /// # Errors
+    /// `ShapeMismatch` when the dimensions differ.
+    pub fn merge(&mut self, other: &Moments) -> Result<()> {
+        if other.dim != self.dim {
+            return Err(Error::shape("moments", self.dim, other.dim));
+        }
+        self.combine(other.count, &other.mean, other.scatter.as_ref());
+        Ok(())
+    }
+
+    /// Unbiased covariance, scatter / (count − 1).
+    ///
+    /// # Errors
+    /// `Dataset` with fewer than two items.
+    pub fn covariance(&self) -> Result<Mat<f64>> {
+        if self.count < 2 {
+            return Err(Error::Dataset(format!(
+                "a covariance needs at least 2 items, have {}",
+                self.count
+            )));
+        }
+        let inv = 1.0 / (self.count - 1) as f64;
+        Ok(Mat::from_fn(self.dim, self.dim, |i, j| {
+            self.scatter[(i, j)] * inv
+        }))
+    }
+
+    fn check_rows<T: Copy + Into<f64>>(&self, rows: &[T]) -> Result<()> {
+        if self.dim == 0 || rows.len() % self.dim != 0 {
+            return Err(Error::shape(
+                "rows",
+                format!("a multiple of dim = {}", self.dim),
+                rows.len(),
+            ));
+        }
+        check_finite("rows", rows)
+    }
+
+    /// Centres `batch` (row-major `n x dim`) on its own mean, forms its scatter with one GEMM
+    /// and combines it with the running totals.
+    fn add_batch(&mut self, mut batch: Vec<f64>) {
+        let d = self.dim;
+        let n = batch.len() / d;
+        if n == 0 {
+            return;
+        }
+        let mut bmean = vec![0.0; d];
+        for row in batch.chunks(d) {
+            for (m, &v) in bmean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        for m in &mut bmean {
+            *m /= n as f64;
+        }
+        for row in batch.chunks_mut(d) {
+            for (v, &m) in row.iter_mut().zip(&bmean) {
+                *v -= m;
+            }
+        }
+        let c = MatRef::from_row_major_slice(&batch, n, d);
+        let mut bscatter = Mat::<f64>::zeros(d, d);
+        matmul(
+            bscatter.as_mut(),
+            Accum::Replace,
+            c.transpose(),
+            c,
+            1.0,
+            faer::get_global_parallelism(),
+        );
+        self.combine(n as u64, &bmean, bscatter.as_ref());
+    }
+
+    /// Chan et al.: mean += δ·n_b/n, M2 += M2_b + δδᵀ·n_a·n_b/n with δ = mean_b − mean_a.
+    fn combine(&mut self, nb: u64, mean_b: &[f64], scatter_b: MatRef<'_, f64>) {
+        if nb == 0 {
+            return;
+        }
+        let na = self.count;
+        let n = na + nb;
+        let delta: Vec<f64> = mean_b.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let w = (na as f64) * (nb as f64) / (n as f64);
+        let d = self.dim;
+        for j in 0..d {
+            let dj = delta[j] * w;
+            for i in 0..d {
+                self.scatter[(i, j)] += scatter_b[(i, j)] + delta[i] * dj;
+            }
+        }
+        let frac = nb as f64 / n as f64;
+        for (m, dl) in self.mean.iter_mut().zip(&delta) {
+            *m += dl * frac;
+        }
+        self.count = n;
+    }
+}
+
+/// How many eigenvectors the model keeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rank {
+    /// All `dim` of them (the papers' setting).
+    Full,
+    /// The top `r`, `1 <= r <= dim`.
+    Fixed(usize),
+    /// The fewest top modes whose variance is at least this fraction (0, 1] of the total.
+    Explained(f64),
+}
+
+/// The variance λ⊥ given to the directions that are not kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    /// λ⊥ = 0: the discarded directions are treated as noise-free (the papers' setting).
+    Zero,
+    /// λ⊥ = mean of the discarded eigenvalues, so the model keeps the data's total variance.
+    Mean,
+}
+
+/// Options of [`fit_model`].
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    /// Number of eigenvectors kept.
+    pub rank: Rank,
+    /// λ⊥ for the rest.
+    pub residual: Residual,
+    /// Metadata for the model file; `sample_count` is taken from the moments.
+    pub meta: ModelMeta,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            rank: Rank::Full,
+            residual: Residual::Zero,
+            meta: ModelMeta::default(),
+        }
+    }
+}
+
+/// What the eigendecomposition found, besides the model.
+#[derive(Clone, Debug)]
+pub struct Spectrum {
+    /// Every eigenvalue of the covariance, non-increasing, negatives (round-off) set to 0.
+    pub eigvals: Vec<f64>,
+    /// Number kept.
+    pub rank: usize,
+    /// Fraction of the total variance the kept modes carry (1 for zero total variance).
+    pub explained: f64,
+    /// The residual variance λ⊥ chosen.
+    pub residual_var: f64,
+}
+
+/// Eigendecomposes the covariance of `moments` and builds the model.
+///
+/// Eigenvalues are sorted non-increasing and round-off negatives clamped to 0; each kept
+/// eigenvector's sign is fixed so that its largest-magnitude entry is positive, which makes
+/// fits reproducible across runs and machines.
+///
+/// # Errors
+/// `Dataset` with fewer than two items or when the eigensolver fails; `InvalidArgument` for a
+/// rank outside `1..=dim` or a fraction outside (0, 1].
+pub fn fit_model(moments: &Moments, opts: &FitOptions) -> Result<Model> {
+    fit_model_with_spectrum(moments, opts).map(|(model, _)| model)
+}
+
+/// [`fit_model`] that also returns the whole spectrum (for reports).
+///
+/// # Errors
+/// As [`fit_model`].
+pub fn fit_model_with_spectrum(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)> {
+    let d = moments.dim();
+    match opts.rank {
+        Rank::Fixed(r) if r == 0 || r > d => {
+            return Err(Error::arg("rank", format!("must be in 1..={d}, got {r}")))
+        }
+        Rank::Explained(f) if !(f > 0.0 && f <= 1.0) => {
+            return Err(Error::arg(
+                "explained",
+                format!("must be a fraction in (0, 1], got {f}"),
+            ))
+        }
+        _ => {}
+    }
+    let cov = moments.covariance()?;
+    let eig = cov
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::Dataset(format!("the eigensolver did not converge: {e:?}")))?;
+    let s = eig.S().column_vector();
+    let u = eig.U();
+    // faer sorts ascending; walk from the end for the largest first.
+    let order: Vec<usize> = (0..d).rev().collect();
+    let eigvals: Vec<f64> = order.iter().map(|&k| s[k].max(0.0)).collect();
+    let total: f64 = eigvals.iter().sum();
+
+    let rank = match opts.rank {
+        Rank::Full => d,
+        Rank::Fixed(r) => r,
+        Rank::Explained(f) => {
+            let mut acc = 0.0;
+            let mut r = d;
+            for (k, &l) in eigvals.iter().enumerate() {
+                acc += l;
+                if acc >= f * total {
+                    r = k + 1;
+                    break;
+                }
+            }
+            r.max(1)
+        }
+    };
+    let kept: f64 = eigvals[..rank].iter().sum();
+    let residual_var = match opts.residual {
+        Residual::Mean if rank < d => (total - kept).max(0.0) / (d - rank) as f64,
+        _ => 0.0,
+    };
+
+    let mut eigvecs = vec![0f32; rank * d];
+    for (row, &k) in eigvecs.chunks_mut(d).zip(&order) {
+        let col = u.col(k);
+        let mut big = 0.0f64;
+        for i in 0..d {
+            if col[i].abs() > big.abs() {
+                big = col[i];
+            }
+        }
+        let sign = if big < 0.0 { -1.0 } else { 1.0 };
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = (sign * col[i]) as f32;
+        }
+    }
+    let mean: Vec<f32> = moments.mean().iter().map(|&m| m as f32).collect();
+    let mut meta = opts.meta.clone();
+    meta.sample_count = moments.count();
+    let model = Model::from_parts(mean, eigvals[..rank].to_vec(), eigvecs, residual_var, meta)?;
+    let spectrum = Spectrum {
+        explained: if total > 0.0 { kept / total } else { 1.0 },
+        eigvals,
+        rank,
+        residual_var,
+    };
+    Ok((model, spectrum))
+}

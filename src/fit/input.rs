@@ -1,0 +1,575 @@
+//! Streaming datasets into [`Moments`]: a folder of PNG/JPEG images, a `.npy` array, an array
+//! inside a `.npz` archive, or a tensor in a `.safetensors` file.
+//!
+//! Arrays are `items x ...`: the first axis counts items, the rest is the item shape. Images
+//! become channel-major `[channels, height, width]` items (grey: 1 channel, colour: 3; an
+//! alpha channel is dropped, 16-bit PNGs are reduced to 8 bits). No reader holds more than a
+//! few thousand items at a time.
+
+use std::fs;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype as StDtype, Metadata};
+
+use super::Moments;
+use crate::error::{Error, Result};
+use crate::npy::NpyReader;
+
+/// Values handed to [`Moments`] per read: bounds memory whatever the item size.
+const CHUNK_VALUES: usize = 1 << 22;
+/// Images decoded in parallel per step.
+const IMAGE_CHUNK: usize = 256;
+
+/// A linear map of values from one interval to another, e.g. `0,255:-1,1`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scale {
+    /// Source interval (lo, hi).
+    pub from: (f64, f64),
+    /// Target interval (lo, hi).
+    pub to: (f64, f64),
+}
+
+impl Scale {
+    /// [0, 255] → [-1, 1], the usual pixel convention of diffusion models.
+    pub const PIXELS: Scale = Scale {
+        from: (0.0, 255.0),
+        to: (-1.0, 1.0),
+    };
+
+    /// Maps one value.
+    pub fn apply(&self, v: f64) -> f64 {
+        self.to.0 + (v - self.from.0) * (self.to.1 - self.to.0) / (self.from.1 - self.from.0)
+    }
+
+    /// The value space recorded in the model file, e.g. `[-1,1]`.
+    pub fn value_space(&self) -> String {
+        format!("[{},{}]", self.to.0, self.to.1)
+    }
+}
+
+impl FromStr for Scale {
+    type Err = Error;
+
+    /// Parses `FROM_LO,FROM_HI:TO_LO,TO_HI`.
+    fn from_str(s: &str) -> Result<Scale> {
+        let bad = |why: &str| {
+            Error::arg(
+                "scale",
+                format!("`{s}`: {why} (expected FROM_LO,FROM_HI:TO_LO,TO_HI, e.g. 0,255:-1,1)"),
+            )
+        };
+        let pair = |part: &str| -> Result<(f64, f64)> {
+            let mut it = part.split(',').map(|v| v.trim().parse::<f64>());
+            match (it.next(), it.next(), it.next()) {
+                (Some(Ok(a)), Some(Ok(b)), None) if a.is_finite() && b.is_finite() => Ok((a, b)),
+                _ => Err(bad("each side needs two finite numbers")),
+            }
+        };
+        let (from, to) = s.split_once(':').ok_or_else(|| bad("missing `:`"))?;
+        let scale = Scale {
+            from: pair(from)?,
+            to: pair(to)?,
+        };
+        if scale.from.0 == scale.from.1 || scale.to.0 == scale.to.1 {
+            return Err(bad("an interval is empty"));
+        }
+        Ok(scale)
+    }
+}
+
+/// How to read a dataset.
+#[derive(Clone, Debug, Default)]
+pub struct InputOptions {
+    /// Value map; `None` means [`Scale::PIXELS`] for images and values as stored for arrays.
+    pub scale: Option<Scale>,
+    /// Which array of a `.npz` / tensor of a `.safetensors` file; needed when there are
+    /// several.
+    pub key: Option<String>,
+    /// Show a progress bar (items/s, ETA) on standard error.
+    pub progress: bool,
+}
+
+/// A dataset streamed into moments.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The moments of every item.
+    pub moments: Moments,
+    /// Shape of one item (channels, height, width for images).
+    pub item_shape: Vec<usize>,
+    /// The value space the items were mapped to, for the model file.
+    pub value_space: String,
+}
+
+/// Streams the dataset at `path` into [`Moments`].
+///
+/// # Errors
+/// `Io` for unreadable paths; `Dataset` for an empty folder, images of different shapes,
+/// an array without an item axis or without items, a missing or ambiguous key, NaN/Inf
+/// values; `FileFormat` naming the file for a corrupt image, array or safetensors file;
+/// `UnsupportedDtype` for non-numeric arrays.
+pub fn moments_from_path(path: &Path, opts: &InputOptions) -> Result<Loaded> {
+    let mut moments: Option<Moments> = None;
+    let (item_shape, value_space) = stream(path, opts, &mut |rows, dim| {
+        moments
+            .get_or_insert_with(|| Moments::new(dim))
+            .add_rows_f64(rows)
+    })?;
+    Ok(Loaded {
+        moments: moments.expect("a dataset has at least one item"),
+        item_shape,
+        value_space,
+    })
+}
+
+/// A whole dataset read into memory (for the ideal denoiser, which needs every item).
+#[derive(Clone, Debug)]
+pub struct Rows {
+    /// Row-major `items x dim` values after the scale.
+    pub rows: Vec<f32>,
+    /// Shape of one item.
+    pub item_shape: Vec<usize>,
+    /// The value space the items were mapped to.
+    pub value_space: String,
+}
+
+/// Reads the dataset at `path` (the inputs of [`moments_from_path`]) into memory.
+///
+/// # Errors
+/// As [`moments_from_path`].
+pub fn rows_from_path(path: &Path, opts: &InputOptions) -> Result<Rows> {
+    let mut rows = Vec::new();
+    let (item_shape, value_space) = stream(path, opts, &mut |chunk, _| {
+        crate::error::check_finite("rows", chunk)?;
+        rows.extend(chunk.iter().map(|&v| v as f32));
+        Ok(())
+    })?;
+    Ok(Rows {
+        rows,
+        item_shape,
+        value_space,
+    })
+}
+
+/// Receives scaled row-major chunks and the item length.
+type Sink<'a> = dyn FnMut(&[f64], usize) -> Result<()> + 'a;
+
+/// Reads any supported input front to back into `sink`; returns (item shape, value space).
+fn stream(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<usize>, String)> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return from_images(path, opts, sink);
+    }
+    let ext = extension(path);
+    match ext.as_str() {
+        "npy" => {
+            let reader = NpyReader::open(path)?;
+            let shape = reader.shape().to_vec();
+            from_array(path, &shape, opts, reader, sink)
+        }
+        "npz" => from_npz(path, opts, sink),
+        "safetensors" => from_safetensors(path, opts, sink),
+        _ => Err(Error::arg(
+            "input",
+            format!(
+                "{}: expected a folder of images, .npy, .npz or .safetensors",
+                path.display()
+            ),
+        )),
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}} left)"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message("reading");
+    pb
+}
+
+/// Splits an array shape into (items, item shape).
+fn split_shape(path: &Path, shape: &[usize]) -> Result<(usize, Vec<usize>, usize)> {
+    if shape.len() < 2 {
+        return Err(Error::Dataset(format!(
+            "{}: array of shape {shape:?} has no item axis; expected items x values (2 or more dims)",
+            path.display()
+        )));
+    }
+    let dim: usize = shape[1..].iter().product();
+    if shape[0] == 0 || dim == 0 {
+        return Err(Error::Dataset(format!(
+            "{}: array of shape {shape:?} holds no items",
+            path.display()
+        )));
+    }
+    Ok((shape[0], shape[1..].to_vec(), dim))
+}
+
+/// A source of values, read front to back in chunks.
+trait Values {
+    /// Appends up to `n` values to `out`; returns how many.
+    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize>;
+}
+
+impl<R: Read> Values for NpyReader<R> {
+    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize> {
+        self.read_f64(n, out)
+    }
+}
+
+fn from_array(
+    path: &Path,
+    shape: &[usize],
+    opts: &InputOptions,
+    mut source: impl Values,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
+    let (items, item_shape, dim) = split_shape(path, shape)?;
+    let rows_per_chunk = (CHUNK_VALUES / dim).max(1);
+    let pb = bar(items as u64, "items", opts.progress);
+    let mut buf = Vec::with_capacity(rows_per_chunk * dim);
+    let mut done = 0;
+    while done < items {
+        let rows = rows_per_chunk.min(items - done);
+        buf.clear();
+        let got = source.read_values(rows * dim, &mut buf)?;
+        if got != rows * dim {
+            return Err(Error::format(
+                path,
+                format!("data ends after {} of {} items", done + got / dim, items),
+            ));
+        }
+        if let Some(s) = opts.scale {
+            buf.iter_mut().for_each(|v| *v = s.apply(*v));
+        }
+        sink(&buf, dim).map_err(|e| match e {
+            Error::NonFinite { index, .. } => Error::Dataset(format!(
+                "{}: item {} holds NaN or Inf",
+                path.display(),
+                done + index / dim
+            )),
+            other => other,
+        })?;
+        done += rows;
+        pb.set_position(done as u64);
+    }
+    pb.finish_and_clear();
+    let space = opts
+        .scale
+        .map_or_else(|| "as stored".to_string(), |s| s.value_space());
+    Ok((item_shape, space))
+}
+
+fn from_npz(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<usize>, String)> {
+    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| Error::format(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter(|n| n.ends_with(".npy"))
+        .map(str::to_string)
+        .collect();
+    let entry = pick(path, &names, opts.key.as_deref(), |n| {
+        n.strip_suffix(".npy").unwrap_or(n).to_string()
+    })?;
+    let label = PathBuf::from(format!("{}:{entry}", path.display()));
+    let reader = zip
+        .by_name(&entry)
+        .map_err(|e| Error::format(&label, format!("cannot open the array: {e}")))?;
+    let npy = NpyReader::from_reader(reader, &label)?;
+    let shape = npy.shape().to_vec();
+    from_array(&label, &shape, opts, npy, sink)
+}
+
+/// Chooses the array named by `key` (compared with `short` names), or the only one.
+fn pick(
+    path: &Path,
+    names: &[String],
+    key: Option<&str>,
+    short: impl Fn(&str) -> String,
+) -> Result<String> {
+    let list = || {
+        names
+            .iter()
+            .map(|n| short(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match key {
+        Some(k) => names
+            .iter()
+            .find(|n| short(n) == k || n.as_str() == k)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Dataset(format!(
+                    "{}: no array named `{k}` (has: {})",
+                    path.display(),
+                    list()
+                ))
+            }),
+        None => match names {
+            [only] => Ok(only.clone()),
+            [] => Err(Error::Dataset(format!(
+                "{}: holds no arrays",
+                path.display()
+            ))),
+            _ => Err(Error::Dataset(format!(
+                "{}: holds several arrays ({}); choose one with --key",
+                path.display(),
+                list()
+            ))),
+        },
+    }
+}
+
+/// A safetensors tensor streamed from disk.
+struct StTensor {
+    file: BufReader<fs::File>,
+    dtype: StDtype,
+    left: usize,
+    bytes: Vec<u8>,
+}
+
+impl Values for StTensor {
+    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize> {
+        let size = self.dtype.bitsize() / 8;
+        let n = n.min(self.left);
+        self.bytes.resize(n * size, 0);
+        self.file
+            .read_exact(&mut self.bytes)
+            .map_err(|e| Error::Dataset(format!("tensor data unreadable: {e}")))?;
+        let b = &self.bytes;
+        let conv = |i: usize| -> f64 {
+            let s = &b[i * size..(i + 1) * size];
+            match self.dtype {
+                StDtype::BOOL | StDtype::U8 => f64::from(s[0]),
+                StDtype::I8 => f64::from(s[0] as i8),
+                StDtype::U16 => f64::from(u16::from_le_bytes([s[0], s[1]])),
+                StDtype::I16 => f64::from(i16::from_le_bytes([s[0], s[1]])),
+                StDtype::F16 => half::f16::from_le_bytes([s[0], s[1]]).to_f64(),
+                StDtype::BF16 => half::bf16::from_le_bytes([s[0], s[1]]).to_f64(),
+                StDtype::U32 => f64::from(u32::from_le_bytes(s.try_into().expect("4 bytes"))),
+                StDtype::I32 => f64::from(i32::from_le_bytes(s.try_into().expect("4 bytes"))),
+                StDtype::F32 => f64::from(f32::from_le_bytes(s.try_into().expect("4 bytes"))),
+                StDtype::U64 => u64::from_le_bytes(s.try_into().expect("8 bytes")) as f64,
+                StDtype::I64 => i64::from_le_bytes(s.try_into().expect("8 bytes")) as f64,
+                StDtype::F64 => f64::from_le_bytes(s.try_into().expect("8 bytes")),
+                _ => unreachable!("dtypes are checked when the tensor is opened"),
+            }
+        };
+        out.extend((0..n).map(conv));
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+fn from_safetensors(
+    path: &Path,
+    opts: &InputOptions,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
+    let bad = |why: String| Error::format(path, why);
+    let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n8 = [0u8; 8];
+    file.read_exact(&mut n8)
+        .map_err(|_| bad("too short for a safetensors header".into()))?;
+    let n = u64::from_le_bytes(n8);
+    if n > 100_000_000 || 8 + n > file_len {
+        return Err(bad(format!(
+            "header length {n} does not fit the file ({file_len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read the header: {e}")))?;
+    let meta: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("the safetensors header is not valid: {e}")))?;
+    let mut names: Vec<String> = meta.tensors().keys().cloned().collect();
+    names.sort();
+    let name = pick(path, &names, opts.key.as_deref(), str::to_string)?;
+    let info = meta.info(&name).expect("picked from the tensor list");
+    let dtype = info.dtype;
+    let supported = matches!(
+        dtype,
+        StDtype::BOOL
+            | StDtype::U8
+            | StDtype::I8
+            | StDtype::U16
+            | StDtype::I16
+            | StDtype::F16
+            | StDtype::BF16
+            | StDtype::U32
+            | StDtype::I32
+            | StDtype::F32
+            | StDtype::U64
+            | StDtype::I64
+            | StDtype::F64
+    );
+    if !supported {
+        return Err(Error::UnsupportedDtype(format!(
+            "{}: tensor `{name}` has dtype {dtype:?}; expected an integer or float type",
+            path.display()
+        )));
+    }
+    let count = info
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .ok_or_else(|| bad(format!("tensor `{name}` shape {:?} overflows", info.shape)))?;
+    let (start, end) = info.data_offsets;
+    let data_len = file_len - 8 - n;
+    if end < start || end as u64 > data_len || end - start != count * (dtype.bitsize() / 8) {
+        return Err(bad(format!(
+            "tensor `{name}`: offsets {start}..{end} do not match shape {:?} of {dtype:?} in {data_len} data bytes",
+            info.shape
+        )));
+    }
+    file.seek(SeekFrom::Start(8 + n + start as u64))
+        .map_err(|e| Error::io(path, e))?;
+    let shape = info.shape.clone();
+    let label = PathBuf::from(format!("{}:{name}", path.display()));
+    let source = StTensor {
+        file: BufReader::new(file),
+        dtype,
+        left: count,
+        bytes: Vec::new(),
+    };
+    from_array(&label, &shape, opts, source, sink)
+}
+
+/// One decoded image: its shape (channels, height, width) and channel-major values 0–255.
+type Decoded = (Vec<usize>, Vec<f32>);
+
+fn decode_image(path: &Path) -> Result<Decoded> {
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: String| Error::format(path, format!("cannot decode image: {e}"));
+    let (channels, h, w, interleaved) = match extension(path).as_str() {
+        "png" => {
+            let mut dec = png::Decoder::new(std::io::Cursor::new(&bytes));
+            dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+            let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
+            let size = reader
+                .output_buffer_size()
+                .ok_or_else(|| bad("image too large".into()))?;
+            let mut buf = vec![0u8; size];
+            let frame = reader
+                .next_frame(&mut buf)
+                .map_err(|e| bad(e.to_string()))?;
+            buf.truncate(frame.buffer_size());
+            let c = frame.color_type.samples();
+            (c, frame.height as usize, frame.width as usize, buf)
+        }
+        _ => {
+            use zune_jpeg::zune_core::colorspace::ColorSpace;
+            use zune_jpeg::zune_core::options::DecoderOptions;
+            let mut probe = zune_jpeg::JpegDecoder::new(std::io::Cursor::new(&bytes));
+            probe.decode_headers().map_err(|e| bad(format!("{e:?}")))?;
+            let grey = probe.input_colorspace() == Some(ColorSpace::Luma);
+            let out = if grey {
+                ColorSpace::Luma
+            } else {
+                ColorSpace::RGB
+            };
+            let options = DecoderOptions::default().jpeg_set_out_colorspace(out);
+            let mut dec =
+                zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(&bytes), options);
+            let buf = dec.decode().map_err(|e| bad(format!("{e:?}")))?;
+            let info = dec.info().ok_or_else(|| bad("no image header".into()))?;
+            let c = if grey { 1 } else { 3 };
+            (c, info.height as usize, info.width as usize, buf)
+        }
+    };
+    if interleaved.len() != channels * h * w {
+        return Err(bad(format!(
+            "decoded {} bytes for a {w}x{h} image of {channels} channels",
+            interleaved.len()
+        )));
+    }
+    // Drop alpha: grey+alpha → grey, RGBA → RGB.
+    let keep = if channels == 2 || channels == 4 {
+        channels - 1
+    } else {
+        channels
+    };
+    let plane = h * w;
+    let mut values = vec![0f32; keep * plane];
+    for (p, px) in interleaved.chunks(channels).enumerate() {
+        for ch in 0..keep {
+            values[ch * plane + p] = f32::from(px[ch]);
+        }
+    }
+    Ok((vec![keep, h, w], values))
+}
+
+fn from_images(
+    dir: &Path,
+    opts: &InputOptions,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let p = entry.path();
+        if p.is_file() && matches!(extension(&p).as_str(), "png" | "jpg" | "jpeg") {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::Dataset(format!(
+            "{}: no PNG or JPEG images in this folder",
+            dir.display()
+        )));
+    }
+    files.sort();
+    let scale = opts.scale.unwrap_or(Scale::PIXELS);
+    let pb = bar(files.len() as u64, "images", opts.progress);
+    let mut shape: Option<(Vec<usize>, &Path)> = None;
+    for chunk in files.chunks(IMAGE_CHUNK) {
+        let decoded: Vec<Result<Decoded>> = chunk.par_iter().map(|p| decode_image(p)).collect();
+        let mut rows = Vec::new();
+        for (p, d) in chunk.iter().zip(decoded) {
+            let (s, values) = d?;
+            match &shape {
+                None => shape = Some((s, p)),
+                Some((first, first_path)) if *first != s => {
+                    return Err(Error::Dataset(format!(
+                        "images differ in shape: {} is {} but {} is {}",
+                        first_path.display(),
+                        show_shape(first),
+                        p.display(),
+                        show_shape(&s)
+                    )))
+                }
+                _ => {}
+            }
+            rows.extend(values.iter().map(|&v| scale.apply(f64::from(v))));
+        }
+        let dim = shape.as_ref().map_or(0, |(s, _)| s.iter().product());
+        sink(&rows, dim)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok((shape.expect("at least one image").0, scale.value_space()))
+}
+
+fn show_shape(s: &[usize]) -> String {
+    format!("{}x{} with {} channel(s)", s[2], s[1], s[0])
+}
