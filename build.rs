@@ -1,4 +1,5 @@
-//! Build script: embeds the CUDA kernels (kernels/skip.cu) as a fatbin.
+//! Build script: the shared library's SONAME and export list, and the CUDA kernels
+//! (kernels/skip.cu) embedded as a fatbin.
 //!
 //! With the `cuda` feature, nvcc is looked for in `$NVCC`, `$CUDA_HOME/bin/nvcc`, then `PATH`;
 //! when found it compiles the kernels into OUT_DIR with the flags in kernels/nvcc-flags.txt
@@ -25,6 +26,14 @@ fn main() {
     }
     for var in ["NVCC", "CUDA_HOME", "GAUSSSKIP_PREBUILT"] {
         println!("cargo:rerun-if-env-changed={var}");
+    }
+    // The shared library's ABI identity: a SONAME that changes only with GS_ABI_VERSION, and
+    // only the gs_* functions exported (the version script).
+    println!("cargo:rerun-if-changed=src/exports.map");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        let manifest = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libgaussskip.so.1");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={manifest}/src/exports.map");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;

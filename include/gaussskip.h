@@ -46,6 +46,16 @@
 #define GS_DEVICE_CUDA 2
 
 /*
+ `residual` codes for `gs_fit`: the discarded directions get variance 0 (the papers).
+ */
+#define GS_RESIDUAL_ZERO 0
+
+/*
+ The discarded directions get the mean of the discarded eigenvalues (keeps the trace).
+ */
+#define GS_RESIDUAL_MEAN 1
+
+/*
  Status of a call. Numbers are stable and never reused.
  */
 enum gs_status
@@ -127,6 +137,12 @@ typedef struct gs_context gs_context;
  An immutable Gaussian model. Thread-safe to share.
  */
 typedef struct gs_model gs_model;
+
+/*
+ Streaming, mergeable moments of a dataset (count, mean, centred second moments, f64).
+ Not thread-safe: one thread at a time per object; merge objects filled in parallel.
+ */
+typedef struct gs_moments gs_moments;
 
 /*
  A noise level of the forward process x_t = alpha * x0 + sigma * eps.
@@ -252,7 +268,7 @@ gs_status gs_model_get_parts(const gs_model *model,
 
 /*
  Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
- `ordinal` picks the CUDA device (ignored on the CPU).
+ `ordinal` picks the CUDA device; it must be >= 0 for every device (0 on the CPU).
 
  # Safety
  `out` points to writable storage.
@@ -376,6 +392,94 @@ gs_status gs_x0_trajectory(gs_context *ctx,
                            const gs_noise *levels,
                            size_t n_levels,
                            void *stream);
+
+/*
+ Creates a CUDA context whose model copies keep eigenvectors in `eigvec_dtype`:
+ GS_DTYPE_F16 (tensor cores, the default of `gs_context_create`) or GS_DTYPE_F32.
+
+ # Safety
+ `out` points to writable storage.
+ */
+gs_status gs_context_create_cuda(int32_t ordinal, uint32_t eigvec_dtype, gs_context **out);
+
+/*
+ Uploads `model` to a CUDA context and sizes the scratch of `stream` for calls of up to
+ `batch` rows and `slabs` output slabs (1 for skip/denoise, the level count for
+ trajectories), so later calls allocate nothing and can be captured in a CUDA graph. Call it
+ before capturing. Does nothing on a CPU context.
+
+ # Safety
+ Handles are live; `stream` is NULL or a live CUstream of the context's device.
+ */
+gs_status gs_context_prepare(gs_context *ctx,
+                             const gs_model *model,
+                             size_t batch,
+                             size_t slabs,
+                             void *stream);
+
+/*
+ Frees a CUDA context's device copy of `model` (the next call uploads it again). Does
+ nothing on a CPU context.
+
+ # Safety
+ Handles are live.
+ */
+gs_status gs_context_release_model(gs_context *ctx, const gs_model *model);
+
+/*
+ Creates empty moments of `dim`-vectors (memory: dim² doubles).
+
+ # Safety
+ `out` points to writable storage.
+ */
+gs_status gs_moments_create(size_t dim, gs_moments **out);
+
+/*
+ Adds `rows` items (`rows x dim` floats, row-major). Nothing is added on error (NaN/Inf).
+
+ # Safety
+ `moments` is live; `x` holds `rows * dim` floats.
+ */
+gs_status gs_moments_add_rows(gs_moments *moments, const float *x, size_t rows);
+
+/*
+ Adds everything `src` has seen to `dst` (Chan et al.; exact for shards).
+
+ # Safety
+ Both are live and distinct.
+ */
+gs_status gs_moments_merge(gs_moments *dst, const gs_moments *src);
+
+/*
+ Number of items added (0 for NULL).
+
+ # Safety
+ `moments` is live or NULL.
+ */
+uint64_t gs_moments_count(const gs_moments *moments);
+
+/*
+ Frees moments (NULL does nothing).
+
+ # Safety
+ `moments` came from this library and is not used afterwards.
+ */
+void gs_moments_free(gs_moments *moments);
+
+/*
+ Fits a model: eigendecomposition of the covariance (N − 1) of `moments`, keeping `rank`
+ modes (0 = all of them), or, when `explained` is in (0, 1], the fewest modes that carry that
+ fraction of the variance (`rank` must then be 0). `residual` is GS_RESIDUAL_ZERO or
+ GS_RESIDUAL_MEAN. Needs at least 2 items.
+
+ # Safety
+ `moments` is live; `out` points to writable storage.
+ */
+gs_status gs_fit(const gs_moments *moments,
+                 size_t rank,
+                 double explained,
+                 uint32_t residual,
+                 gs_model **out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -17,9 +17,10 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::context::{Context, Device};
+use crate::context::{Context, Device, EigvecStorage};
 use crate::dtype::Dtype;
 use crate::error::Error;
+use crate::fit::{fit_model, FitOptions, Moments, Rank, Residual};
 use crate::model::{Model, ModelMeta};
 use crate::noise::{Levels, Noise, Op};
 
@@ -77,6 +78,11 @@ pub const GS_DEVICE_CPU: u32 = 1;
 /// A CUDA device.
 pub const GS_DEVICE_CUDA: u32 = 2;
 
+/// `residual` codes for `gs_fit`: the discarded directions get variance 0 (the papers).
+pub const GS_RESIDUAL_ZERO: u32 = 0;
+/// The discarded directions get the mean of the discarded eigenvalues (keeps the trace).
+pub const GS_RESIDUAL_MEAN: u32 = 1;
+
 /// A noise level of the forward process x_t = alpha * x0 + sigma * eps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +107,12 @@ pub struct gs_model {
 /// A CPU context or one CUDA device's context.
 pub struct gs_context {
     inner: Context,
+}
+
+/// Streaming, mergeable moments of a dataset (count, mean, centred second moments, f64).
+/// Not thread-safe: one thread at a time per object; merge objects filled in parallel.
+pub struct gs_moments {
+    inner: Moments,
 }
 
 thread_local! {
@@ -403,7 +415,7 @@ pub unsafe extern "C" fn gs_model_get_parts(
 }
 
 /// Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
-/// `ordinal` picks the CUDA device (ignored on the CPU).
+/// `ordinal` picks the CUDA device; it must be >= 0 for every device (0 on the CPU).
 ///
 /// # Safety
 /// `out` points to writable storage.
@@ -658,5 +670,223 @@ pub unsafe extern "C" fn gs_x0_trajectory(
             .map(|&n| n.into())
             .collect();
         Ok(OpSpec::X0Trajectory(OwnedLevels::One(from.into()), l))
+    })
+}
+
+/// Creates a CUDA context whose model copies keep eigenvectors in `eigvec_dtype`:
+/// GS_DTYPE_F16 (tensor cores, the default of `gs_context_create`) or GS_DTYPE_F32.
+///
+/// # Safety
+/// `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_create_cuda(
+    ordinal: i32,
+    eigvec_dtype: u32,
+    out: *mut *mut gs_context,
+) -> gs_status {
+    guard(|| {
+        check_out(out)?;
+        let ordinal =
+            usize::try_from(ordinal).map_err(|_| Error::arg("ordinal", "must be >= 0"))?;
+        let storage = match eigvec_dtype {
+            GS_DTYPE_F16 => EigvecStorage::F16,
+            GS_DTYPE_F32 => EigvecStorage::F32,
+            other => {
+                return Err(Error::UnsupportedDtype(format!(
+                    "eigenvectors are stored as GS_DTYPE_F16 or GS_DTYPE_F32, not code {other}"
+                )))
+            }
+        };
+        let ctx = Context::cuda(ordinal, storage)?;
+        write_out(out, gs_context { inner: ctx });
+        Ok(())
+    })
+}
+
+/// Uploads `model` to a CUDA context and sizes the scratch of `stream` for calls of up to
+/// `batch` rows and `slabs` output slabs (1 for skip/denoise, the level count for
+/// trajectories), so later calls allocate nothing and can be captured in a CUDA graph. Call it
+/// before capturing. Does nothing on a CPU context.
+///
+/// # Safety
+/// Handles are live; `stream` is NULL or a live CUstream of the context's device.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_prepare(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    batch: usize,
+    slabs: usize,
+    stream: *mut c_void,
+) -> gs_status {
+    guard(|| {
+        let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
+        let model = &non_null(model, "model")?.inner;
+        ctx.prepare(model, batch, slabs, stream)
+    })
+}
+
+/// Frees a CUDA context's device copy of `model` (the next call uploads it again). Does
+/// nothing on a CPU context.
+///
+/// # Safety
+/// Handles are live.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_release_model(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+) -> gs_status {
+    guard(|| {
+        let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
+        let model = &non_null(model, "model")?.inner;
+        ctx.release_model(model)
+    })
+}
+
+/// Creates empty moments of `dim`-vectors (memory: dim² doubles).
+///
+/// # Safety
+/// `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_create(dim: usize, out: *mut *mut gs_moments) -> gs_status {
+    guard(|| {
+        check_out(out)?;
+        if dim == 0 {
+            return Err(Error::arg("dim", "must be at least 1"));
+        }
+        let bytes = dim.checked_mul(dim).and_then(|n| n.checked_mul(8));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::arg(
+                "dim",
+                format!("{dim}² doubles do not fit in memory"),
+            ));
+        }
+        write_out(
+            out,
+            gs_moments {
+                inner: Moments::new(dim),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Adds `rows` items (`rows x dim` floats, row-major). Nothing is added on error (NaN/Inf).
+///
+/// # Safety
+/// `moments` is live; `x` holds `rows * dim` floats.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_add_rows(
+    moments: *mut gs_moments,
+    x: *const f32,
+    rows: usize,
+) -> gs_status {
+    guard(|| {
+        // SAFETY: non-NULL handles come from gs_moments_create and are used by one thread.
+        let m = &mut unsafe { moments.as_mut() }
+            .ok_or(Error::NullPointer { arg: "moments" })?
+            .inner;
+        let n = rows
+            .checked_mul(m.dim())
+            .ok_or_else(|| Error::arg("rows", "rows x dim overflows"))?;
+        m.add_rows(slice(x, n, "x")?)
+    })
+}
+
+/// Adds everything `src` has seen to `dst` (Chan et al.; exact for shards).
+///
+/// # Safety
+/// Both are live and distinct.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_merge(
+    dst: *mut gs_moments,
+    src: *const gs_moments,
+) -> gs_status {
+    guard(|| {
+        if std::ptr::eq(dst as *const gs_moments, src) {
+            return Err(Error::arg("src", "must not be dst"));
+        }
+        let src = &non_null(src, "src")?.inner;
+        // SAFETY: as in gs_moments_add_rows.
+        let dst = &mut unsafe { dst.as_mut() }
+            .ok_or(Error::NullPointer { arg: "dst" })?
+            .inner;
+        dst.merge(src)
+    })
+}
+
+/// Number of items added (0 for NULL).
+///
+/// # Safety
+/// `moments` is live or NULL.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_count(moments: *const gs_moments) -> u64 {
+    moments.as_ref().map_or(0, |m| m.inner.count())
+}
+
+/// Frees moments (NULL does nothing).
+///
+/// # Safety
+/// `moments` came from this library and is not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_free(moments: *mut gs_moments) {
+    if !moments.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(moments))));
+    }
+}
+
+/// Fits a model: eigendecomposition of the covariance (N − 1) of `moments`, keeping `rank`
+/// modes (0 = all of them), or, when `explained` is in (0, 1], the fewest modes that carry that
+/// fraction of the variance (`rank` must then be 0). `residual` is GS_RESIDUAL_ZERO or
+/// GS_RESIDUAL_MEAN. Needs at least 2 items.
+///
+/// # Safety
+/// `moments` is live; `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_fit(
+    moments: *const gs_moments,
+    rank: usize,
+    explained: f64,
+    residual: u32,
+    out: *mut *mut gs_model,
+) -> gs_status {
+    guard(|| {
+        let m = &non_null(moments, "moments")?.inner;
+        check_out(out)?;
+        let rank = match (rank, explained) {
+            (0, e) if e == 0.0 => Rank::Full,
+            (0, e) => Rank::Explained(e),
+            (r, e) if e == 0.0 => Rank::Fixed(r),
+            _ => {
+                return Err(Error::arg(
+                    "explained",
+                    "give a rank or a fraction, not both",
+                ))
+            }
+        };
+        let residual = match residual {
+            GS_RESIDUAL_ZERO => Residual::Zero,
+            GS_RESIDUAL_MEAN => Residual::Mean,
+            other => {
+                return Err(Error::arg(
+                    "residual",
+                    format!("{other} is not a GS_RESIDUAL_* code"),
+                ))
+            }
+        };
+        let model = fit_model(
+            m,
+            &FitOptions {
+                rank,
+                residual,
+                meta: ModelMeta::default(),
+            },
+        )?;
+        write_out(
+            out,
+            gs_model {
+                inner: Arc::new(model),
+            },
+        );
+        Ok(())
     })
 }

@@ -4,7 +4,7 @@
 //! `cargo test` run built (target/<profile>/deps/libgaussskip.so, next to the test binary).
 //!
 //! The SONAME and the version script (src/exports.map) come from linker arguments in build.rs:
-//!   cargo:rustc-cdylib-link-arg=-Wl,-soname,libgaussskip.so.0
+//!   cargo:rustc-cdylib-link-arg=-Wl,-soname,libgaussskip.so.1
 //!   cargo:rustc-cdylib-link-arg=-Wl,--version-script=<crate>/src/exports.map
 
 use std::collections::BTreeSet;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The SONAME: changes only with an incompatible ABI change.
-const SONAME: &str = "libgaussskip.so.0";
+const SONAME: &str = "libgaussskip.so.1";
 
 fn library() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
