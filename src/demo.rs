@@ -408,7 +408,7 @@ impl Report {
         };
         format!(
             "data: {} items x {} values ({data})\n\
-             jump: {model}, {} modes with variance > 0 of {} (largest {:.3})\n\
+             jump: {model}, {} modes with variance above round-off of {} (largest {:.3})\n\
              sampler: ideal model (exact posterior mean of the data), {}, batch {}, seed {}\n\
              time: {:.2} s to load and fit, {:.2} s to sample",
             self.items,
@@ -582,7 +582,12 @@ pub fn run(opts: &Options) -> Result<Report> {
         items: data.items,
         dim: d,
         rank: model.rank(),
-        nonzero_modes: model.eigvals().iter().filter(|&&l| l > 0.0).count(),
+        // Eigenvalues below 1e-12 of the largest are round-off of exactly constant pixels.
+        nonzero_modes: model
+            .eigvals()
+            .iter()
+            .filter(|&&l| l > 1e-12 * model.eigvals()[0])
+            .count(),
         top_eigval: model.eigvals()[0],
         rows,
         files: Vec::new(),

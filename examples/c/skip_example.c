@@ -4,7 +4,7 @@
  * Build and run (after `cargo build --release`):
  *   cc -std=c11 -Wall -Iinclude examples/c/skip_example.c -Ltarget/release -lgaussskip \
  *      -o skip_example
- *   ln -sf libgaussskip.so target/release/libgaussskip.so.0   # the library's SONAME
+ *   ln -sf libgaussskip.so target/release/libgaussskip.so.1   # the library's SONAME
  *   LD_LIBRARY_PATH=target/release ./skip_example model.safetensors
  */
 #include <stdint.h>
