@@ -401,8 +401,8 @@ fn read_header(reader: &mut impl Read, name: &Path) -> Result<Header> {
     exact(&mut lead, "header")?;
     if &lead[..6] != MAGIC {
         return Err(bad(format!(
-            "not a .npy file: bad magic string {:?} (expected \"\\x93NUMPY\")",
-            String::from_utf8_lossy(&lead[..6])
+            "not a .npy file: bad magic string \"{}\" (expected \"\\x93NUMPY\")",
+            lead[..6].escape_ascii()
         )));
     }
     let (major, minor) = (lead[6], lead[7]);
