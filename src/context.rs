@@ -17,9 +17,9 @@ use crate::noise::{Levels, Noise, Op};
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
-    /// Currently always the CPU: automatic selection of CUDA stays off until the CUDA path
-    /// has been validated on a real GPU (tests/cuda.rs on an H100/H200). Ask for
-    /// [`Device::Cuda`] explicitly to use the GPU.
+    /// For [`Context::new`] and the C ABI: the CPU, because a CUDA context expects device
+    /// pointers and a caller asking for "auto" cannot know which it got. Tools working on
+    /// host data use [`Context::for_host_data`], which picks a working GPU.
     Auto = 0,
     /// The host CPU (multi-threaded).
     Cpu = 1,
@@ -110,6 +110,43 @@ impl Context {
             Err(Error::NoCuda(format!(
                 "CUDA device {ordinal} was asked for, but this build has no CUDA backend (enable the `cuda` feature); use a CPU context"
             )))
+        }
+    }
+
+    /// A context for host data on `device`, for tools that want the GPU when it works.
+    ///
+    /// [`Device::Cpu`] gives the CPU and [`Device::Cuda`] CUDA device `ordinal` (errors
+    /// pass through). [`Device::Auto`] tries CUDA device `ordinal` and keeps it only when a
+    /// skip of a random batch with `model` agrees with the CPU path within the f16 precision
+    /// contract (relative error <= 2e-3); otherwise it returns the CPU context. The second
+    /// value says what was chosen and why, for the user.
+    ///
+    /// # Errors
+    /// Those of [`Context::new`] for an explicit device.
+    pub fn for_host_data(
+        device: Device,
+        ordinal: usize,
+        model: &Model,
+    ) -> Result<(Context, String)> {
+        match device {
+            Device::Cpu => Ok((Context::cpu(), "CPU".to_string())),
+            Device::Cuda => {
+                let ctx = Context::new(Device::Cuda, ordinal)?;
+                let name = ctx.device_name().unwrap_or("CUDA").to_string();
+                Ok((ctx, name))
+            }
+            Device::Auto => match Context::cuda(ordinal, EigvecStorage::F16) {
+                Err(e) => Ok((Context::cpu(), format!("CPU ({e})"))),
+                Ok(ctx) => {
+                    let name = ctx.device_name().unwrap_or("CUDA").to_string();
+                    match agrees_with_cpu(&ctx, model) {
+                        Ok(()) => Ok((ctx, name)),
+                        Err(why) => {
+                            Ok((Context::cpu(), format!("CPU ({name} was not used: {why})")))
+                        }
+                    }
+                }
+            },
         }
     }
 
@@ -402,5 +439,38 @@ impl Context {
             Dtype::F16 => run::<f16>(self, model, op, x, out, n_in, n_out),
             Dtype::BF16 => run::<bf16>(self, model, op, x, out, n_in, n_out),
         }
+    }
+}
+
+/// Runs one skip of a random batch on `ctx` and on the CPU and compares them.
+fn agrees_with_cpu(ctx: &Context, model: &Model) -> std::result::Result<(), String> {
+    const ROWS: usize = 4;
+    let d = model.dim();
+    let mut rng = crate::rng::Rng::new(0x5eed);
+    let x: Vec<f32> = rng
+        .normals(ROWS * d)
+        .iter()
+        .map(|&e| (80.0 * e) as f32)
+        .collect();
+    let (from, to) = (Noise::edm(80.0), Noise::edm(5.0));
+    let mut want = vec![0f32; ROWS * d];
+    let mut got = vec![0f32; ROWS * d];
+    Context::cpu()
+        .skip(model, &x, &mut want, from, to)
+        .map_err(|e| e.to_string())?;
+    ctx.skip(model, &x, &mut got, from, to)
+        .map_err(|e| e.to_string())?;
+    let (mut num, mut den) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(&want) {
+        num += (f64::from(*g) - f64::from(*w)).powi(2);
+        den += f64::from(*w).powi(2);
+    }
+    let rel = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+    if rel.is_finite() && rel <= 2e-3 {
+        Ok(())
+    } else {
+        Err(format!(
+            "its skip differs from the CPU path by a relative {rel:.3e} (> 2e-3)"
+        ))
     }
 }

@@ -345,6 +345,8 @@ pub struct Report {
     pub rank: usize,
     /// Modes with a non-zero variance.
     pub nonzero_modes: usize,
+    /// Where the jump ran, and why there.
+    pub device: String,
     /// The largest mode variance, in [-1, 1] units.
     pub top_eigval: f64,
     /// One row per k.
@@ -408,7 +410,7 @@ impl Report {
         };
         format!(
             "data: {} items x {} values ({data})\n\
-             jump: {model}, {} modes with variance above round-off of {} (largest {:.3})\n\
+             jump: {model}, {} modes with variance above round-off of {} (largest {:.3}), on {}\n\
              sampler: ideal model (exact posterior mean of the data), {}, batch {}, seed {}\n\
              time: {:.2} s to load and fit, {:.2} s to sample",
             self.items,
@@ -416,6 +418,7 @@ impl Report {
             self.nonzero_modes,
             self.rank,
             self.top_eigval,
+            self.device,
             o.schedule.describe(o.steps),
             o.batch,
             o.seed,
@@ -483,7 +486,6 @@ pub fn run(opts: &Options) -> Result<Report> {
         ));
     }
     let levels = opts.schedule.levels(opts.steps)?;
-    let ctx = Context::new(opts.device, 0)?;
 
     let t0 = Instant::now();
     let data = load_dataset(&opts.data, opts.scale)?;
@@ -502,6 +504,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         None => fit(&data)?,
     };
+    let (ctx, device) = Context::for_host_data(opts.device, 0, &model)?;
     let ideal = IdealDenoiser::new(&data.rows, d)?;
     let prepare_time = t0.elapsed();
     let item_shape = if model.meta().item_shape.is_empty() {
@@ -589,6 +592,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             .filter(|&&l| l > 1e-12 * model.eigvals()[0])
             .count(),
         top_eigval: model.eigvals()[0],
+        device,
         rows,
         files: Vec::new(),
         no_pictures: None,

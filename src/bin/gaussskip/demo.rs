@@ -23,7 +23,7 @@ pub enum ScheduleArg {
 /// Where the Gaussian operations run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DeviceArg {
-    /// The CPU (CUDA is used only when asked for explicitly).
+    /// CUDA device 0 when present and its result agrees with the CPU path, else the CPU.
     Auto,
     /// The CPU.
     Cpu,
