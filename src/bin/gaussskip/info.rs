@@ -232,7 +232,7 @@ fn text_report(args: &Args, model: &Model, s: &Summary) -> String {
     for (k, f) in &s.explained {
         line(format!(
             "  top {:<17} {} of the variance",
-            format!("{k} modes"),
+            format!("{k} mode{}", if *k == 1 { "" } else { "s" }),
             percent(*f)
         ));
     }
