@@ -8,7 +8,11 @@ mod skip;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gaussskip", version, about = "Skip the first steps of diffusion sampling with the exact Gaussian PF-ODE map")]
+#[command(
+    name = "gaussskip",
+    version,
+    about = "Skip the first steps of diffusion sampling with the exact Gaussian PF-ODE map"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,12 +32,12 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or_else(|| {
-        match Cli::parse_from(["gaussskip", "demo"]).command {
-            Some(c) => c,
-            None => unreachable!("demo was given"),
-        }
-    });
+    let command =
+        cli.command
+            .unwrap_or_else(|| match Cli::parse_from(["gaussskip", "demo"]).command {
+                Some(c) => c,
+                None => unreachable!("demo was given"),
+            });
     let result = match command {
         Command::Info(a) => info::run(a),
         Command::Skip(a) => skip::run(a),
