@@ -126,7 +126,10 @@ fn good_tensors() -> Vec<T> {
     ]
 }
 
-fn good_meta() -> HashMap<String, String> {
+/// Safetensors file metadata.
+type Meta = HashMap<String, String>;
+
+fn good_meta() -> Meta {
     [
         ("format", FILE_FORMAT.to_string()),
         ("format_version", FILE_FORMAT_VERSION.to_string()),
@@ -140,7 +143,7 @@ fn good_meta() -> HashMap<String, String> {
     .collect()
 }
 
-fn bytes_of(tensors: &[T], meta: Option<HashMap<String, String>>) -> Vec<u8> {
+fn bytes_of(tensors: &[T], meta: Option<Meta>) -> Vec<u8> {
     let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
         .map(|t| {
@@ -426,7 +429,7 @@ fn hand_built_files_load_including_f64_tensors() {
     assert_eq!(m64.mean(), model.mean());
     assert_eq!(m64.eigvecs(), model.eigvecs());
     // Metadata beyond format and version is optional.
-    let minimal: HashMap<String, String> = good_meta()
+    let minimal: Meta = good_meta()
         .into_iter()
         .filter(|(k, _)| k.starts_with("format"))
         .collect();
@@ -553,7 +556,7 @@ fn wrong_content_gives_its_own_error() {
     let u_wide: Vec<f32> = (0..R * (D + 1))
         .map(|i| if i % (D + 2) == 0 { 1.0 } else { 0.0 })
         .collect();
-    let cases: Vec<(&str, Vec<T>, Option<HashMap<String, String>>, &str)> = vec![
+    let cases: Vec<(&str, Vec<T>, Option<Meta>, &str)> = vec![
         (
             "eigvecs wrong shape",
             with("eigvecs", f32s("eigvecs", vec![R, D + 1], &u_wide)),
