@@ -225,8 +225,15 @@ impl Model {
 
     fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Model> {
         let bad = |reason: String| Error::format(path, reason);
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+            use safetensors::SafeTensorError as E;
+            match e {
+                E::MetadataIncompleteBuffer | E::InvalidHeaderLength | E::HeaderTooSmall => bad(
+                    format!("truncated or padded: its size does not match its header ({e})"),
+                ),
+                e => bad(format!("not a valid safetensors file: {e}")),
+            }
+        })?;
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
         let meta_map = header.metadata().clone().unwrap_or_default();
@@ -347,9 +354,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::arg("path", format!("{} has no file name", path.display())))?;
+    // Keep the temporary name short enough for any legal target name (255-byte limit).
+    let stem: String = name.to_string_lossy().chars().take(64).collect();
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
+        stem,
         std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     ));

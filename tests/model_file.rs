@@ -514,10 +514,18 @@ fn truncated_and_corrupt_files_are_reported() {
     ];
     for (name, bytes, want) in cases {
         let reason = format_error(&dir, &format!("{name}.safetensors"), &bytes);
-        assert!(
-            reason.contains("not a valid safetensors file"),
-            "{name}: {reason}"
-        );
+        // A size that disagrees with the header is named as truncation; the rest as corruption.
+        let size_problem = [
+            "header too small",
+            "invalid header length",
+            "incomplete metadata",
+        ];
+        let lead = if size_problem.contains(&want) {
+            "truncated or padded"
+        } else {
+            "not a valid safetensors file"
+        };
+        assert!(reason.contains(lead), "{name}: {reason}");
         assert!(reason.contains(want), "{name}: `{reason}` lacks `{want}`");
     }
 }

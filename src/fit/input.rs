@@ -110,7 +110,8 @@ pub struct Loaded {
 /// `Io` for unreadable paths; `Dataset` for an empty folder, images of different shapes,
 /// an array without an item axis or without items, a missing or ambiguous key, NaN/Inf
 /// values; `FileFormat` naming the file for a corrupt image, array or safetensors file;
-/// `UnsupportedDtype` for non-numeric arrays.
+/// `UnsupportedDtype` for a non-numeric safetensors tensor (a non-numeric `.npy` is a
+/// `FileFormat` error naming its dtype).
 pub fn moments_from_path(path: &Path, opts: &InputOptions) -> Result<Loaded> {
     let mut moments: Option<Moments> = None;
     let (item_shape, value_space) = stream(path, opts, &mut |rows, dim| {
