@@ -104,6 +104,14 @@ pub struct gs_model {
     inner: Arc<Model>,
 }
 
+impl gs_model {
+    fn new(model: Model) -> gs_model {
+        gs_model {
+            inner: Arc::new(model),
+        }
+    }
+}
+
 /// A CPU context or one CUDA device's context.
 pub struct gs_context {
     inner: Context,
@@ -281,12 +289,7 @@ pub unsafe extern "C" fn gs_model_load(path: *const c_char, out: *mut *mut gs_mo
         let path = c_str(path, "path")?;
         check_out(out)?;
         let model = Model::load(path)?;
-        write_out(
-            out,
-            gs_model {
-                inner: Arc::new(model),
-            },
-        );
+        write_out(out, gs_model::new(model));
         Ok(())
     })
 }
@@ -330,12 +333,7 @@ pub unsafe extern "C" fn gs_model_from_parts(
             residual_var as f64,
             ModelMeta::default(),
         )?;
-        write_out(
-            out,
-            gs_model {
-                inner: Arc::new(model),
-            },
-        );
+        write_out(out, gs_model::new(model));
         Ok(())
     })
 }
@@ -881,12 +879,7 @@ pub unsafe extern "C" fn gs_fit(
                 meta: ModelMeta::default(),
             },
         )?;
-        write_out(
-            out,
-            gs_model {
-                inner: Arc::new(model),
-            },
-        );
+        write_out(out, gs_model::new(model));
         Ok(())
     })
 }
