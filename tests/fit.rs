@@ -744,3 +744,25 @@ fn cli_fit_writes_a_loadable_model() {
     assert!(!dir.join("x.safetensors").exists());
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_reads_any_fit_input_into_memory() {
+    let dir = temp_dir("demo-data");
+    let rows: Vec<f32> = (0..5 * 16).map(|k| (k % 7) as f32 - 3.0).collect();
+    let path = dir.join("d.npy");
+    gaussskip::npy::write_f32(&path, &[5, 4, 4], &rows).unwrap();
+    let data = gaussskip::demo::load_dataset(&path, Some("-3,3:-1,1".parse().unwrap())).unwrap();
+    assert_eq!((data.items, data.dim), (5, 16));
+    assert_eq!(
+        data.item_shape,
+        vec![1, 4, 4],
+        "2-D items become one-channel pictures"
+    );
+    for (a, b) in data.rows.iter().zip(&rows) {
+        assert!((a - b / 3.0).abs() < 1e-6);
+    }
+    assert!(data.labels.is_empty());
+    let err = gaussskip::demo::load_dataset(&dir.join("none.npy"), None).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let _ = fs::remove_dir_all(&dir);
+}
