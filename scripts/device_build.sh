@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything the GPU machine needs HERE and packs it into .carry/ (git-ignored), for
-# the device tool's `carry`. The GPU machine has no Rust toolchain and no network, so it runs
+# Builds everything a GPU machine needs HERE and packs it into .carry/ (git-ignored), to be
+# copied next to a checkout there. The GPU machine has no Rust toolchain and no network, so it runs
 # only what this packs:
 #   .carry/bin/cuda-tests    tests/cuda.rs (GPU tests; GAUSSSKIP_REQUIRE_CUDA=1 makes a
 #                            missing GPU a failure instead of a skip)
@@ -10,8 +10,8 @@
 #   .carry/run_gpu.sh        the command to run there: tests, then the speed table
 # The binaries need glibc >= 2.34 and load libcuda at run time (no CUDA toolkit).
 #
-# Usage: scripts/device_build.sh      then, with the device tool:
-#   run(command="bash .carry/run_gpu.sh", carry=[".carry"], timeout_s=600)
+# Usage: scripts/device_build.sh      then, on the GPU machine, from the repository root
+#   (with .carry/ copied there):  bash .carry/run_gpu.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -41,7 +41,7 @@ cp scripts/gpu_bench.py "$carry.tmp/bench/"
 if [ -f ../shared/bench/torch_peer.py ]; then cp ../shared/bench/torch_peer.py "$carry.tmp/bench/"; fi
 cat > "$carry.tmp/run_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root (the device tool's working directory).
+# Runs on the GPU machine from the repository root.
 set -uo pipefail
 out=${OUT:-/tmp/gs-out}
 mkdir -p "$out"
@@ -59,4 +59,4 @@ chmod +x "$carry.tmp/run_gpu.sh"
 rm -rf "$carry"
 mv "$carry.tmp" "$carry"
 du -sh "$carry"
-echo "packed $carry: run 'bash .carry/run_gpu.sh' on the device with carry=[\".carry\"]"
+echo "packed $carry: copy it to the GPU machine's checkout and run 'bash .carry/run_gpu.sh'"

@@ -13,7 +13,7 @@
 //! where another thread's allocation would invalidate the capture.
 //!
 //! Without a usable GPU every test prints "skipped: no CUDA device (reason)" and passes; set
-//! GAUSSSKIP_REQUIRE_CUDA=1 to make that a failure (the GPU session does).
+//! GAUSSSKIP_REQUIRE_CUDA=1 to make that a failure (scripts/device_build.sh's run_gpu.sh does).
 #![cfg(feature = "cuda")]
 
 use std::ffi::c_void;
