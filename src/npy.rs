@@ -48,6 +48,10 @@ pub enum NpyDtype {
     F32,
     /// `f8`.
     F64,
+    /// bfloat16. Not a NumPy type (no descr parses to it): it describes raw little-endian
+    /// data of other containers, such as safetensors tensors, read through
+    /// [`NpyReader::raw`].
+    BF16,
 }
 
 impl NpyDtype {
@@ -55,7 +59,7 @@ impl NpyDtype {
     pub fn size(self) -> usize {
         match self {
             NpyDtype::Bool | NpyDtype::U8 | NpyDtype::I8 => 1,
-            NpyDtype::U16 | NpyDtype::I16 | NpyDtype::F16 => 2,
+            NpyDtype::U16 | NpyDtype::I16 | NpyDtype::F16 | NpyDtype::BF16 => 2,
             NpyDtype::U32 | NpyDtype::I32 | NpyDtype::F32 => 4,
             NpyDtype::U64 | NpyDtype::I64 | NpyDtype::F64 => 8,
         }
@@ -146,6 +150,23 @@ impl<R: Read> NpyReader<R> {
     pub fn from_reader(mut reader: R, name: &Path) -> Result<Self> {
         let header = read_header(&mut reader, name)?;
         Ok(Self::with_header(reader, name, header))
+    }
+
+    /// A reader over headerless element data: `shape` elements of `dtype`, little-endian,
+    /// in C order (e.g. a tensor inside a safetensors file). The caller checked that the
+    /// shape's size does not overflow; missing data is noticed when it is read.
+    pub(crate) fn raw(reader: R, name: &Path, shape: Vec<usize>, dtype: NpyDtype) -> Self {
+        let len = shape.iter().product();
+        Self::with_header(
+            reader,
+            name,
+            Header {
+                shape,
+                dtype,
+                big_endian: false,
+                len,
+            },
+        )
     }
 
     fn with_header(reader: R, name: &Path, header: Header) -> Self {
@@ -321,6 +342,17 @@ fn decode(dtype: NpyDtype, big: bool, b: &[u8]) -> f64 {
             }) as f64
         }};
     }
+    macro_rules! half {
+        ($t:ty) => {{
+            let a = [b[0], b[1]];
+            (if big {
+                <$t>::from_be_bytes(a)
+            } else {
+                <$t>::from_le_bytes(a)
+            })
+            .to_f64()
+        }};
+    }
     match dtype {
         NpyDtype::Bool => f64::from(u8::from(b[0] != 0)),
         NpyDtype::U8 => f64::from(b[0]),
@@ -331,17 +363,10 @@ fn decode(dtype: NpyDtype, big: bool, b: &[u8]) -> f64 {
         NpyDtype::I32 => num!(i32),
         NpyDtype::U64 => num!(u64),
         NpyDtype::I64 => num!(i64),
-        NpyDtype::F16 => {
-            let a = [b[0], b[1]];
-            let h = if big {
-                half::f16::from_be_bytes(a)
-            } else {
-                half::f16::from_le_bytes(a)
-            };
-            h.to_f64()
-        }
+        NpyDtype::F16 => half!(half::f16),
         NpyDtype::F32 => num!(f32),
         NpyDtype::F64 => num!(f64),
+        NpyDtype::BF16 => half!(half::bf16),
     }
 }
 

@@ -17,7 +17,7 @@ use safetensors::tensor::{Dtype as StDtype, Metadata};
 
 use super::Moments;
 use crate::error::{Error, Result};
-use crate::npy::NpyReader;
+use crate::npy::{NpyDtype, NpyReader};
 
 /// Values handed to [`Moments`] per read: bounds memory whatever the item size.
 const CHUNK_VALUES: usize = 1 << 22;
@@ -168,8 +168,7 @@ fn stream(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<
     match ext.as_str() {
         "npy" => {
             let reader = NpyReader::open(path)?;
-            let shape = reader.shape().to_vec();
-            from_array(path, &shape, opts, reader, sink)
+            from_array(path, opts, reader, sink)
         }
         "npz" => from_npz(path, opts, sink),
         "safetensors" => from_safetensors(path, opts, sink),
@@ -223,26 +222,13 @@ fn split_shape(path: &Path, shape: &[usize]) -> Result<(usize, Vec<usize>, usize
     Ok((shape[0], shape[1..].to_vec(), dim))
 }
 
-/// A source of values, read front to back in chunks.
-trait Values {
-    /// Appends up to `n` values to `out`; returns how many.
-    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize>;
-}
-
-impl<R: Read> Values for NpyReader<R> {
-    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize> {
-        self.read_f64(n, out)
-    }
-}
-
 fn from_array(
     path: &Path,
-    shape: &[usize],
     opts: &InputOptions,
-    mut source: impl Values,
+    mut source: NpyReader<impl Read>,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
-    let (items, item_shape, dim) = split_shape(path, shape)?;
+    let (items, item_shape, dim) = split_shape(path, source.shape())?;
     let rows_per_chunk = (CHUNK_VALUES / dim).max(1);
     let pb = bar(items as u64, "items", opts.progress);
     let mut buf = Vec::with_capacity(rows_per_chunk * dim);
@@ -250,13 +236,9 @@ fn from_array(
     while done < items {
         let rows = rows_per_chunk.min(items - done);
         buf.clear();
-        let got = source.read_values(rows * dim, &mut buf)?;
-        if got != rows * dim {
-            return Err(Error::format(
-                path,
-                format!("data ends after {} of {} items", done + got / dim, items),
-            ));
-        }
+        // The reader returns short only at the array's end, which `items` never passes;
+        // data missing from the file is its FileFormat error.
+        source.read_f64(rows * dim, &mut buf)?;
         if let Some(s) = opts.scale {
             buf.iter_mut().for_each(|v| *v = s.apply(*v));
         }
@@ -295,8 +277,7 @@ fn from_npz(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Ve
         .by_name(&entry)
         .map_err(|e| Error::format(&label, format!("cannot open the array: {e}")))?;
     let npy = NpyReader::from_reader(reader, &label)?;
-    let shape = npy.shape().to_vec();
-    from_array(&label, &shape, opts, npy, sink)
+    from_array(&label, opts, npy, sink)
 }
 
 /// Chooses the array named by `key` (compared with `short` names), or the only one.
@@ -340,47 +321,6 @@ fn pick(
     }
 }
 
-/// A safetensors tensor streamed from disk.
-struct StTensor {
-    file: BufReader<fs::File>,
-    dtype: StDtype,
-    left: usize,
-    bytes: Vec<u8>,
-}
-
-impl Values for StTensor {
-    fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<usize> {
-        let size = self.dtype.bitsize() / 8;
-        let n = n.min(self.left);
-        self.bytes.resize(n * size, 0);
-        self.file
-            .read_exact(&mut self.bytes)
-            .map_err(|e| Error::Dataset(format!("tensor data unreadable: {e}")))?;
-        let b = &self.bytes;
-        let conv = |i: usize| -> f64 {
-            let s = &b[i * size..(i + 1) * size];
-            match self.dtype {
-                StDtype::BOOL | StDtype::U8 => f64::from(s[0]),
-                StDtype::I8 => f64::from(s[0] as i8),
-                StDtype::U16 => f64::from(u16::from_le_bytes([s[0], s[1]])),
-                StDtype::I16 => f64::from(i16::from_le_bytes([s[0], s[1]])),
-                StDtype::F16 => half::f16::from_le_bytes([s[0], s[1]]).to_f64(),
-                StDtype::BF16 => half::bf16::from_le_bytes([s[0], s[1]]).to_f64(),
-                StDtype::U32 => f64::from(u32::from_le_bytes(s.try_into().expect("4 bytes"))),
-                StDtype::I32 => f64::from(i32::from_le_bytes(s.try_into().expect("4 bytes"))),
-                StDtype::F32 => f64::from(f32::from_le_bytes(s.try_into().expect("4 bytes"))),
-                StDtype::U64 => u64::from_le_bytes(s.try_into().expect("8 bytes")) as f64,
-                StDtype::I64 => i64::from_le_bytes(s.try_into().expect("8 bytes")) as f64,
-                StDtype::F64 => f64::from_le_bytes(s.try_into().expect("8 bytes")),
-                _ => unreachable!("dtypes are checked when the tensor is opened"),
-            }
-        };
-        out.extend((0..n).map(conv));
-        self.left -= n;
-        Ok(n)
-    }
-}
-
 fn from_safetensors(
     path: &Path,
     opts: &InputOptions,
@@ -408,28 +348,27 @@ fn from_safetensors(
     let name = pick(path, &names, opts.key.as_deref(), str::to_string)?;
     let info = meta.info(&name).expect("picked from the tensor list");
     let dtype = info.dtype;
-    let supported = matches!(
-        dtype,
-        StDtype::BOOL
-            | StDtype::U8
-            | StDtype::I8
-            | StDtype::U16
-            | StDtype::I16
-            | StDtype::F16
-            | StDtype::BF16
-            | StDtype::U32
-            | StDtype::I32
-            | StDtype::F32
-            | StDtype::U64
-            | StDtype::I64
-            | StDtype::F64
-    );
-    if !supported {
-        return Err(Error::UnsupportedDtype(format!(
-            "{}: tensor `{name}` has dtype {dtype:?}; expected an integer or float type",
-            path.display()
-        )));
-    }
+    let npy_dtype = match dtype {
+        StDtype::BOOL => NpyDtype::Bool,
+        StDtype::U8 => NpyDtype::U8,
+        StDtype::I8 => NpyDtype::I8,
+        StDtype::U16 => NpyDtype::U16,
+        StDtype::I16 => NpyDtype::I16,
+        StDtype::U32 => NpyDtype::U32,
+        StDtype::I32 => NpyDtype::I32,
+        StDtype::U64 => NpyDtype::U64,
+        StDtype::I64 => NpyDtype::I64,
+        StDtype::F16 => NpyDtype::F16,
+        StDtype::BF16 => NpyDtype::BF16,
+        StDtype::F32 => NpyDtype::F32,
+        StDtype::F64 => NpyDtype::F64,
+        _ => {
+            return Err(Error::UnsupportedDtype(format!(
+                "{}: tensor `{name}` has dtype {dtype:?}; expected an integer or float type",
+                path.display()
+            )))
+        }
+    };
     let count = info
         .shape
         .iter()
@@ -445,15 +384,14 @@ fn from_safetensors(
     }
     file.seek(SeekFrom::Start(8 + n + start as u64))
         .map_err(|e| Error::io(path, e))?;
-    let shape = info.shape.clone();
     let label = PathBuf::from(format!("{}:{name}", path.display()));
-    let source = StTensor {
-        file: BufReader::new(file),
-        dtype,
-        left: count,
-        bytes: Vec::new(),
-    };
-    from_array(&label, &shape, opts, source, sink)
+    let source = NpyReader::raw(
+        BufReader::new(file).take((end - start) as u64),
+        &label,
+        info.shape.clone(),
+        npy_dtype,
+    );
+    from_array(&label, opts, source, sink)
 }
 
 /// One decoded image: its shape (channels, height, width) and channel-major values 0–255.
