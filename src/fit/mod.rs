@@ -105,7 +105,8 @@ impl Moments {
         if other.dim != self.dim {
             return Err(Error::shape("moments", self.dim, other.dim));
         }
-        self.combine(other.count, &other.mean, other.scatter.as_ref());
+        self.scatter += &other.scatter;
+        self.combine_means(other.count, &other.mean);
         Ok(())
     }
 
@@ -160,20 +161,21 @@ impl Moments {
             }
         }
         let c = MatRef::from_row_major_slice(&batch, n, d);
-        let mut bscatter = Mat::<f64>::zeros(d, d);
+        // The batch's own scatter goes straight into the total: no second dim² matrix.
         matmul(
-            bscatter.as_mut(),
-            Accum::Replace,
+            self.scatter.as_mut(),
+            Accum::Add,
             c.transpose(),
             c,
             1.0,
             faer::get_global_parallelism(),
         );
-        self.combine(n as u64, &bmean, bscatter.as_ref());
+        self.combine_means(n as u64, &bmean);
     }
 
-    /// Chan et al.: mean += δ·n_b/n, M2 += M2_b + δδᵀ·n_a·n_b/n with δ = mean_b − mean_a.
-    fn combine(&mut self, nb: u64, mean_b: &[f64], scatter_b: MatRef<'_, f64>) {
+    /// Chan et al., once the other part's scatter M2_b is already added: mean += δ·n_b/n,
+    /// M2 += δδᵀ·n_a·n_b/n with δ = mean_b − mean_a.
+    fn combine_means(&mut self, nb: u64, mean_b: &[f64]) {
         if nb == 0 {
             return;
         }
@@ -181,13 +183,15 @@ impl Moments {
         let n = na + nb;
         let delta: Vec<f64> = mean_b.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let w = (na as f64) * (nb as f64) / (n as f64);
-        let d = self.dim;
-        for j in 0..d {
-            let dj = delta[j] * w;
-            for i in 0..d {
-                self.scatter[(i, j)] += scatter_b[(i, j)] + delta[i] * dj;
-            }
-        }
+        let dm = MatRef::from_column_major_slice(&delta, self.dim, 1);
+        matmul(
+            self.scatter.as_mut(),
+            Accum::Add,
+            dm,
+            dm.transpose(),
+            w,
+            faer::get_global_parallelism(),
+        );
         let frac = nb as f64 / n as f64;
         for (m, dl) in self.mean.iter_mut().zip(&delta) {
             *m += dl * frac;
