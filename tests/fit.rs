@@ -415,37 +415,33 @@ fn image_folder_grey_and_rgb() {
     let _ = fs::remove_dir_all(&rgb);
 }
 
+/// Moments of a folder holding copies of one JPEG fixture, in raw 0–255 values.
+fn jpeg_folder(tag: &str, fixture: &str, names: &[&str]) -> (PathBuf, gaussskip::fit::Loaded) {
+    let dir = temp_dir(tag);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(fixture);
+    for name in names {
+        fs::copy(&src, dir.join(name)).unwrap();
+    }
+    let opts = InputOptions {
+        scale: Some("0,255:0,255".parse().unwrap()),
+        ..InputOptions::default()
+    };
+    let loaded = moments_from_path(&dir, &opts).unwrap();
+    (dir, loaded)
+}
+
 #[test]
 fn jpeg_images() {
-    let dir = temp_dir("jpeg");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    fs::copy(fixtures.join("grey6x4.jpg"), dir.join("a.jpg")).unwrap();
-    fs::copy(fixtures.join("grey6x4.jpg"), dir.join("b.JPEG")).unwrap();
-    let loaded = moments_from_path(
-        &dir,
-        &InputOptions {
-            scale: Some("0,255:0,255".parse().unwrap()),
-            ..InputOptions::default()
-        },
-    )
-    .unwrap();
+    let (dir, loaded) = jpeg_folder("jpeg", "grey6x4.jpg", &["a.jpg", "b.JPEG"]);
     assert_eq!(loaded.item_shape, vec![1, 4, 6]);
     for (k, m) in loaded.moments.mean().iter().enumerate() {
         let want = 10.0 + 40.0 * (k % 6) as f64;
         assert!((m - want).abs() <= 3.0, "pixel {k}: {m} vs {want}");
     }
 
-    let rgb = temp_dir("jpeg-rgb");
-    fs::copy(fixtures.join("rgb6x4.jpg"), rgb.join("c.jpg")).unwrap();
-    fs::copy(fixtures.join("rgb6x4.jpg"), rgb.join("d.jpg")).unwrap();
-    let loaded = moments_from_path(
-        &rgb,
-        &InputOptions {
-            scale: Some("0,255:0,255".parse().unwrap()),
-            ..InputOptions::default()
-        },
-    )
-    .unwrap();
+    let (rgb, loaded) = jpeg_folder("jpeg-rgb", "rgb6x4.jpg", &["c.jpg", "d.jpg"]);
     assert_eq!(loaded.item_shape, vec![3, 4, 6]);
     for (k, m) in loaded.moments.mean().iter().enumerate() {
         let want = [200.0, 60.0, 30.0][k / 24];
@@ -625,7 +621,17 @@ fn safetensors_tensors() {
     let data = correlated(50, 4, 3.0, 8);
     let f64_bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let u8_vals: Vec<u8> = (0..50 * 4).map(|k| (k * 37 % 251) as u8).collect();
+    // bfloat16 values exactly representable: small integers.
+    let bf16_vals: Vec<f64> = (0..50 * 4).map(|k| ((k * 7) % 13) as f64 - 6.0).collect();
+    let bf16_bytes: Vec<u8> = bf16_vals
+        .iter()
+        .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+        .collect();
     let views = vec![
+        (
+            "brain".to_string(),
+            TensorView::new(Dtype::BF16, vec![50, 4], &bf16_bytes).unwrap(),
+        ),
         (
             "x".to_string(),
             TensorView::new(Dtype::F64, vec![50, 4], &f64_bytes).unwrap(),
@@ -669,7 +675,20 @@ fn safetensors_tensors() {
     assert!(max_rel(px.moments.mean(), want.mean()) < 1e-12);
 
     let err = moments_from_path(&path, &InputOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("pixels, x"), "{err}");
+    assert!(err.to_string().contains("brain, pixels, x"), "{err}");
+
+    let bf = moments_from_path(
+        &path,
+        &InputOptions {
+            key: Some("brain".into()),
+            ..InputOptions::default()
+        },
+    )
+    .unwrap();
+    let mut want = Moments::new(4);
+    want.add_rows_f64(&bf16_vals).unwrap();
+    assert!(max_rel(bf.moments.mean(), want.mean()) < 1e-12);
+    assert!(max_rel(&covariance_vec(&bf.moments), &covariance_vec(&want)) < 1e-12);
 
     let bytes = fs::read(&path).unwrap();
     let cut = dir.join("cut.safetensors");

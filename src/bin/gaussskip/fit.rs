@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(f)) => Rank::Explained(f),
         (None, None) => Rank::Full,
     };
+    // Checked again by the fit; here so a bad fraction fails before a long read.
     if let Rank::Explained(f) = rank {
         if !(f > 0.0 && f <= 1.0) {
             return Err(Error::arg(
@@ -83,14 +84,6 @@ pub fn run(args: Args) -> Result<()> {
         loaded.item_shape,
         m.dim()
     );
-    if let Rank::Fixed(r) = rank {
-        if r == 0 || r > m.dim() {
-            return Err(Error::arg(
-                "rank",
-                format!("must be in 1..={}, got {r}", m.dim()),
-            ));
-        }
-    }
 
     let spinner = if progress {
         let pb = ProgressBar::new_spinner();
