@@ -7,28 +7,14 @@
 //!   cargo:rustc-cdylib-link-arg=-Wl,-soname,libgaussskip.so.1
 //!   cargo:rustc-cdylib-link-arg=-Wl,--version-script=<crate>/src/exports.map
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The SONAME: changes only with an incompatible ABI change.
 const SONAME: &str = "libgaussskip.so.1";
-
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let lib = exe
-        .parent()
-        .expect("test binary folder")
-        .join("libgaussskip.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: `cargo test` should build the cdylib there (crate-type includes \
-         \"cdylib\" in Cargo.toml). Build it with `cargo build --release --lib` and check \
-         Cargo.toml's [lib] crate-type.",
-        lib.display()
-    );
-    lib
-}
 
 fn tool(name: &str, args: &[&str], lib: &Path) -> String {
     let out = Command::new(name)
@@ -83,7 +69,7 @@ fn header_functions() -> BTreeSet<String> {
 
 #[test]
 fn shared_library_has_a_soname() {
-    let lib = library();
+    let lib = common::built_library();
     let dynamic = tool("readelf", &["-d"], &lib);
     let found = dynamic
         .lines()
@@ -100,7 +86,7 @@ fn shared_library_has_a_soname() {
 
 #[test]
 fn shared_library_exports_exactly_the_header_functions() {
-    let lib = library();
+    let lib = common::built_library();
     let listing = tool("nm", &["-D", "--defined-only"], &lib);
     let mut exported = BTreeSet::new();
     let mut offending = Vec::new();

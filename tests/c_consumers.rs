@@ -17,6 +17,8 @@
 //!
 //! Needs gcc and g++ (or `CC`/`CXX`) and readelf on PATH.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -58,25 +60,10 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The cdylib built by this `cargo test` run, next to the test binary.
-fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("test binary folder");
-    let lib = deps.join("libgaussskip.so");
-    assert!(
-        lib.is_file(),
-        "{} is missing: `cargo test` should build the cdylib there (crate-type includes \
-         \"cdylib\" in Cargo.toml). Build it with `cargo build --release --lib` and check \
-         Cargo.toml's [lib] crate-type.",
-        lib.display()
-    );
-    lib
-}
-
 /// A private folder holding the library under its link name and, once it has one, its
 /// SONAME, which is what the loader looks for at run time.
 fn link_library(lib_dir: &Path) {
-    let lib = library();
+    let lib = common::built_library();
     let mut names = vec!["libgaussskip.so".to_string()];
     names.extend(soname(&lib));
     for name in names {
