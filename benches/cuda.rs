@@ -25,6 +25,10 @@ fn cuda_benches(c: &mut Criterion) {
             return;
         }
     };
+    // The library restores the caller's current context after each call: make the device's
+    // primary context current for this bench's own allocations.
+    let primary = cudarc::driver::CudaContext::new(0).expect("primary context");
+    primary.bind_to_thread().expect("bind");
     let stream = result::stream::create(result::stream::StreamKind::NonBlocking).expect("stream");
     let mut rng = Rng::new(7);
     let levels: Vec<Noise> = (0..16)

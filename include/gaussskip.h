@@ -158,6 +158,37 @@ typedef struct {
   double sigma;
 } gs_noise;
 
+/*
+ Launch shapes and times of a CUDA skip (`gs_context_time_launches`). Index 0 is launch 1
+ (projection), index 1 launch 2 (back-projection).
+ */
+typedef struct {
+  /*
+   Median milliseconds of each launch (CUDA events).
+   */
+  double launch_ms[2];
+  /*
+   Blocks per split (grid x).
+   */
+  uint32_t blocks[2];
+  /*
+   Split-K count (grid z).
+   */
+  uint32_t splits[2];
+  /*
+   Rows per block.
+   */
+  uint32_t block_rows[2];
+  /*
+   Resident blocks per multiprocessor (occupancy API).
+   */
+  uint32_t blocks_per_sm[2];
+  /*
+   Blocks / (multiprocessors x resident blocks).
+   */
+  double waves[2];
+} gs_launch_times;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -403,10 +434,11 @@ gs_status gs_x0_trajectory(gs_context *ctx,
 gs_status gs_context_create_cuda(int32_t ordinal, uint32_t eigvec_dtype, gs_context **out);
 
 /*
- Uploads `model` to a CUDA context and sizes the scratch of `stream` for calls of up to
- `batch` rows and `slabs` output slabs (1 for skip/denoise, the level count for
- trajectories), so later calls allocate nothing and can be captured in a CUDA graph. Call it
- before capturing. Does nothing on a CPU context.
+ Uploads `model` to a CUDA context, checks that calls of up to `batch` rows and `slabs`
+ output slabs (1 for skip/denoise, the level count for trajectories) fit one launch, and
+ reserves their scratch in the context's memory pool. A call under graph capture needs its
+ model on the device already: run one call with it, or this, before capturing. Does nothing
+ on a CPU context.
 
  # Safety
  Handles are live; `stream` is NULL or a live CUstream of the context's device.
@@ -418,13 +450,38 @@ gs_status gs_context_prepare(gs_context *ctx,
                              void *stream);
 
 /*
- Frees a CUDA context's device copy of `model` (the next call uploads it again). Does
+ Frees a CUDA context's device copy of `model` once the calls already queued with it are
+ done (the next call uploads it again; `gs_model_free` does this on every context). Does
  nothing on a CPU context.
 
  # Safety
  Handles are live.
  */
 gs_status gs_context_release_model(gs_context *ctx, const gs_model *model);
+
+/*
+ Diagnostics for benchmarks: runs `reps` skips of `batch` device rows `x` into `out` on
+ `stream`, timing each of the two kernel launches with CUDA events, waits for them and
+ writes the median times and the launch shapes to `times`. `splits_project` and
+ `splits_backproject` override the split-K counts (0 = the launcher's rule). Not
+ capturable; `GS_ERR_NO_CUDA` on a CPU context.
+
+ # Safety
+ As `gs_skip`; `times` points to writable storage.
+ */
+gs_status gs_context_time_launches(gs_context *ctx,
+                                   const gs_model *model,
+                                   uint32_t dtype,
+                                   const void *x,
+                                   void *out,
+                                   size_t batch,
+                                   gs_noise from,
+                                   gs_noise to,
+                                   uint32_t splits_project,
+                                   uint32_t splits_backproject,
+                                   uint32_t reps,
+                                   void *stream,
+                                   gs_launch_times *times);
 
 /*
  Creates empty moments of `dim`-vectors (memory: dim² doubles).

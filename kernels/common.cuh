@@ -1,6 +1,6 @@
 /*
  * Shared pieces of the gaussskip kernels: the argument block every kernel takes (mirrored
- * byte for byte by `GsArgs` in src/backend/cuda.rs), element conversions, the noise-level
+ * byte for byte by `GsArgs` in src/backend/cuda/args.rs), element conversions, the noise-level
  * coefficients of SPEC §4 (the same expressions as src/noise.rs), and a bounds-checked tile
  * loader that moves 16-byte vectors where the layout allows and single elements elsewhere.
  *
@@ -12,7 +12,12 @@
  *   eigvals  (rank)                    double
  *   part     (splits, rowpad, rpad)    float, launch 1's split-K partial projections; then
  *            (splits2, rowpad2, cpad)  launch 2's split-K partial outputs (same buffer)
- *   q        (slabs * batch, rq)       UT, weighted projections P .* W
+ *   q        (slabs * batch, rq)       UT, weighted projections P .* W; with f16 eigenvectors
+ *                                      each row's 64-mode tile t holds (P .* W) * 2^-qexp
+ *   qexp     (slabs * batch, mode_tiles)  int, those power-of-two exponents (f16 path)
+ *
+ * Grids are flat over tiles so that no dimension meets the 65535 limit of grid y/z:
+ * blockIdx.x = column tile * row tiles + row tile, blockIdx.z = split.
  */
 #pragma once
 
@@ -23,7 +28,7 @@
 #define GS_THREADS 128
 #define GS_INLINE_LEVELS 16
 
-/* Operation kinds; numbers match `OpKind` in src/backend/cuda.rs. */
+/* Operation kinds; numbers match `OpKind` in src/backend/cuda/args.rs. */
 #define GS_OP_SKIP 0
 #define GS_OP_DENOISE 1
 #define GS_OP_SKIP_TRAJ 2
@@ -41,18 +46,20 @@ struct GsArgs {
     const double *eigvals;
     float *part;
     void *q;
+    int *qexp;
     unsigned int *counters;
     const GsLevel *from_table; /* per-row source levels, or NULL: use `from` */
     const GsLevel *to_table;   /* targets: per row (to_per_row) or per slab; NULL: use `to` */
     long long batch, dim, rank, rq, rpad, rowpad; /* rpad, rowpad: launch 1's padded tile grid */
     long long cpad, rowpad2;                     /* launch 2's padded tile grid (columns, rows) */
+    long long row_tiles1, row_tiles2;            /* row tiles of launch 1 and launch 2 */
     int kind, slabs, splits, to_per_row;
-    int splits2, reserved;
+    int splits2, mode_tiles;
     double residual_var;
     GsLevel from;
     GsLevel to[GS_INLINE_LEVELS];
 };
-static_assert(sizeof(GsArgs) == 448, "GsArgs must match src/backend/cuda.rs");
+static_assert(sizeof(GsArgs) == 472, "GsArgs must match src/backend/cuda/args.rs");
 
 /* ---- element conversions ---- */
 __device__ __forceinline__ float gs_to_f32(float v) { return v; }
@@ -163,4 +170,20 @@ template <typename T, int ROWS, int COLS, int LDS> struct GsTile {
 /* Whether 16-byte vector loads are legal on a row-major matrix of T with leading dimension ld. */
 template <typename T> __device__ __forceinline__ bool gs_vec_ok(const void *base, long long ld) {
     return (reinterpret_cast<uintptr_t>(base) % 16 == 0) && (ld % (16 / sizeof(T)) == 0);
+}
+
+/* Power-of-two scaling that keeps f16 intermediates in range by construction: for the largest
+ * magnitude m of a group of values, the exponent e with m * 2^-e < 1 (frexp), clamped so that
+ * 2^e and 2^-e are normal floats; 0 for m = 0. Scaling by 2^-e is exact (no rounding). */
+__device__ __forceinline__ int gs_exponent(float m) {
+    if (!(m > 0.f) || !isfinite(m)) return 0;
+    int e;
+    frexpf(m, &e);
+    return e < -120 ? -120 : (e > 120 ? 120 : e);
+}
+
+/* Largest |value| of a row, accumulated in shared memory: non-negative floats order like their
+ * bit patterns, so an unsigned atomicMax on the bits is a float max. */
+__device__ __forceinline__ void gs_max_abs(unsigned int *slot, float v) {
+    atomicMax(slot, __float_as_uint(fabsf(v)));
 }

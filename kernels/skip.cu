@@ -9,23 +9,30 @@
  * in GsArgs (common.cuh), evaluated with the expressions of src/noise.rs.
  *
  * Launch 1, gs_project_*: P = Y E^T as a (batch x dim) . (dim x rank) product, split along dim.
- *   grid (ceil(batch/BM), ceil(rank/64), splits), 128 threads. A block owns a BM x 64 tile of P
+ *   grid (ceil(batch/BM) * ceil(rank/64), 1, splits), 128 threads (flat tile index, row tile
+ *   fastest). A block owns a BM x 64 tile of P
  *   (rows x modes) over one dim range; it forms the rows y on the fly from x and mean, streams
  *   its 64 eigenvector rows in chunks of BK, and accumulates in f32. Split-K keeps batch 1 on
  *   hundreds of blocks so the eigenvectors stream at full bandwidth. Partial tiles go to
  *   `part`; the last block of a tile to finish (a counter per tile, reset by that block) sums
  *   the splits in a fixed order (deterministic), multiplies by the weights W of every output
  *   slab and writes Q = P .* W to `q` (slabs * batch, rank).
- * Launch 2, gs_backproject_*: out = a mean + b y + Q E, grid (ceil(slabs*batch/BM), ceil(dim/64),
- *   splits2), 128 threads. A block owns a BM x 64 tile of out (rows x dim columns) over one range
+ * Launch 2, gs_backproject_*: out = a mean + b y + Q E, grid (ceil(slabs*batch/BM) * ceil(dim/64),
+ *   1, splits2), 128 threads. A block owns a BM x 64 tile of out (rows x dim columns) over one range
  *   of modes, streaming those 64 columns of the eigenvectors in chunks of BK modes. With
  *   splits2 > 1 the partial tiles meet in `part` the same way (last block sums in order); the
  *   block that completes a tile applies the epilogue a mean + b y in f32 and writes out.
  *
  * Arithmetic: with f16 eigenvectors, y and Q are rounded to f16 and multiplied on the tensor
  *   cores (WMMA m16n16k16, HMMA in SASS) with f32 accumulation; b y and a mean stay f32 (SPEC §5:
- *   <= 2e-3 relative; y and Q must stay inside the f16 range, |.| < 65504). With f32 eigenvectors
- *   every product is an f32 FMA (<= 1e-5 relative).
+ *   <= 2e-3 relative). Every f16 intermediate is in range by construction: launch 1 scales each
+ *   row of y by a power of two so that its largest |y| over the block's dim range is below 1,
+ *   and undoes it on the f32 partial products; it stores each row's 64 weighted projections of
+ *   a mode tile scaled by a power of two (exponent in qexp) so that they are below 1; launch 2
+ *   brings the tiles of a row to the row's largest exponent while staging them and applies that
+ *   exponent to its f32 products. Power-of-two scaling is exact, so accuracy is unchanged for
+ *   every input; any finite input with |y| < 2^120 works. With f32 eigenvectors every product is
+ *   an f32 FMA (<= 1e-5 relative).
  * Warps: f16 path, the 4 warps form a (BM/32) x (4/(BM/32)) grid, each owning 32 rows and
  *   64/(4/(BM/32)) columns: BM = 32, 2 fragments; BM = 64, 4; BM = 128, 8. f32 path: thread (tm, tn) of an
  *   8 x 16 grid owns rows tm*BM/8.. (BM/8 of them) and columns tn, tn+16, tn+32, tn+48.
@@ -177,15 +184,17 @@ template <typename XT, typename UT, int BM> struct GsRows {
         }
     }
 
-    __device__ __forceinline__ void store(UT *s, const float *mean, const float *row_c, long long row0,
-                                          long long k0, long long batch, long long kend) const {
+    /* y = x - c mean of each row, times 2^-row_e (f16 path; see gs_project). */
+    __device__ __forceinline__ void store(UT *s, const float *mean, const float *row_c, const int *row_e,
+                                          long long row0, long long k0, long long batch, long long kend) const {
         const int mr = threadIdx.x / S::BK, kk = threadIdx.x % S::BK;
         const bool kin = k0 + kk < kend;
         const float mu = kin ? __ldg(mean + k0 + kk) : 0.f;
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
             const int m = mr + i * RSTEP;
-            const float y = (kin && row0 + m < batch) ? gs_to_f32(reg[i]) - row_c[m] * mu : 0.f;
+            float y = (kin && row0 + m < batch) ? gs_to_f32(reg[i]) - row_c[m] * mu : 0.f;
+            if constexpr (S::TC) y = ldexpf(y, -row_e[m]);
             s[m * S::LDK + kk] = gs_from_f32<UT>(y);
         }
     }
@@ -222,18 +231,29 @@ __device__ __forceinline__ bool gs_split_reduce(float *cs, float *part, unsigned
 }
 
 /* ---- launch 1: projection, split-K, weights ---- */
+
+/* Weight of mode k in output slab s for batch row r: gain(lambda_k) - gain(residual_var). */
+__device__ __forceinline__ float gs_weight(const GsArgs &a, int s, long long r, long long k, float resid) {
+    const GsLevel from = gs_from_level(a, r), to = gs_to_level(a, s, r);
+    const float lambda = (float)a.eigvals[k];
+    return gs_gain<float>(a.kind, from, to, lambda) - gs_gain<float>(a.kind, from, to, resid);
+}
+
 template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_project(const GsArgs &a) {
     using S = GsShape<UT>;
     constexpr int TILE_BYTES = (BM + GS_BN) * S::LDK * (int)sizeof(UT);
     constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
     __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
     __shared__ float row_c[BM];
+    __shared__ int row_e[BM];              /* f16 path: the row's power-of-two scale (y, then q) */
+    __shared__ unsigned int row_max[BM];   /* f16 path: bits of the row's largest |value| */
     UT *ys = reinterpret_cast<UT *>(smem);
     UT *es = ys + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
 
     const long long batch = a.batch, dim = a.dim, rank = a.rank;
-    const long long row0 = (long long)blockIdx.x * BM, n0 = (long long)blockIdx.y * GS_BN;
+    const long long mt = blockIdx.x / a.row_tiles1;
+    const long long row0 = (blockIdx.x % a.row_tiles1) * BM, n0 = mt * GS_BN;
     const long long chunks = (dim + S::BK - 1) / S::BK, per_split = (chunks + a.splits - 1) / a.splits;
     const long long kbeg = blockIdx.z * per_split * S::BK;
     const long long kend = min(dim, kbeg + per_split * S::BK);
@@ -244,6 +264,20 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     if (threadIdx.x < BM) {
         const long long r = row0 + threadIdx.x;
         row_c[threadIdx.x] = r < batch ? (float)gs_row_c(a, r) : 0.f;
+        row_e[threadIdx.x] = 0;
+        row_max[threadIdx.x] = 0u;
+    }
+    if constexpr (S::TC) {
+        __syncthreads();
+        for (int m = 0; m < BM && row0 + m < batch; ++m) {
+            const XT *xr = x + (row0 + m) * dim;
+            float v = 0.f;
+            for (long long k = kbeg + threadIdx.x; k < kend; k += GS_THREADS)
+                v = fmaxf(v, fabsf(gs_to_f32(xr[k]) - row_c[m] * __ldg(a.mean + k)));
+            gs_max_abs(&row_max[m], v);
+        }
+        __syncthreads();
+        if (threadIdx.x < BM) row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
     }
 
     GsAcc<UT, BM> acc;
@@ -253,8 +287,8 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     rows.load(x, dim, row0, kbeg, batch, kend);
     etile.load(eig, dim, n0, kbeg, rank, kend, vec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
-        __syncthreads(); /* previous chunk consumed (and row_c written, first time) */
-        rows.store(ys, a.mean, row_c, row0, k0, batch, kend);
+        __syncthreads(); /* previous chunk consumed (and row_c, row_e written, first time) */
+        rows.store(ys, a.mean, row_c, row_e, row0, k0, batch, kend);
         etile.store(es);
         __syncthreads();
         if (k0 + S::BK < kend) { /* next chunk's reads in flight during the products */
@@ -266,42 +300,83 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     __syncthreads();
     acc.store(cs);
     __syncthreads();
+    if constexpr (S::TC) { /* back to the true scale, in f32 */
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            cs[m * GS_LDC + n] = ldexpf(cs[m * GS_LDC + n], row_e[m]);
+        }
+        __syncthreads();
+    }
 
     if (a.splits > 1 &&
-        !gs_split_reduce<BM>(cs, a.part, a.counters + (blockIdx.y * gridDim.x + blockIdx.x), a.splits, a.rowpad,
-                             a.rpad, row0, n0))
+        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits, a.rowpad, a.rpad, row0, n0))
         return;
 
-    /* Q = P .* W for every output slab; W_k = gain(lambda_k) - gain(residual_var) per row. */
+    /* Q = P .* W for every output slab. With f16 eigenvectors each row of the tile is stored
+     * times 2^-e, e chosen so that its largest |Q| is below 1, and e goes to qexp. */
     UT *q = static_cast<UT *>(a.q);
     const float resid = (float)a.residual_var;
-    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-        const int m = e / GS_BN, n = e % GS_BN;
-        const long long r = row0 + m, k = n0 + n;
-        if (r >= batch || k >= rank) continue;
-        const float p = cs[m * GS_LDC + n], lambda = (float)a.eigvals[k];
-        const GsLevel from = gs_from_level(a, r);
-        for (int s = 0; s < a.slabs; ++s) {
-            const GsLevel to = gs_to_level(a, s, r);
-            const float w = gs_gain<float>(a.kind, from, to, lambda) - gs_gain<float>(a.kind, from, to, resid);
-            q[((long long)s * batch + r) * a.rq + k] = gs_from_f32<UT>(p * w);
+    for (int s = 0; s < a.slabs; ++s) {
+        if constexpr (S::TC) {
+            if (threadIdx.x < BM) row_max[threadIdx.x] = 0u;
+            __syncthreads();
+            for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+                const int m = e / GS_BN, n = e % GS_BN;
+                const long long r = row0 + m, k = n0 + n;
+                if (r < batch && k < rank) gs_max_abs(&row_max[m], cs[m * GS_LDC + n] * gs_weight(a, s, r, k, resid));
+            }
+            __syncthreads();
+            if (threadIdx.x < BM) {
+                const long long r = row0 + threadIdx.x;
+                row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
+                if (r < batch) a.qexp[((long long)s * batch + r) * a.mode_tiles + mt] = row_e[threadIdx.x];
+            }
+            __syncthreads();
         }
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            const long long r = row0 + m, k = n0 + n;
+            if (r >= batch || k >= rank) continue;
+            float v = cs[m * GS_LDC + n] * gs_weight(a, s, r, k, resid);
+            if constexpr (S::TC) v = ldexpf(v, -row_e[m]);
+            q[((long long)s * batch + r) * a.rq + k] = gs_from_f32<UT>(v);
+        }
+        if constexpr (S::TC) __syncthreads(); /* row_e and row_max are reused by the next slab */
     }
 }
 
 /* ---- launch 2: weighted back-projection and epilogue ---- */
+
+/* Stages the f16 q chunk of 64-mode tile t (raw in `tile`'s registers) into shared memory, each
+ * row brought from its tile exponent to the row exponent row_e (>= it): a factor 2^-delta <= 1. */
+template <int BM, int LDS>
+__device__ __forceinline__ void gs_store_q(const GsTile<__half, BM, GS_BN, LDS> &tile, __half *s, const GsArgs &a,
+                                           long long m0, long long rows, long long t, const int *row_e) {
+    using Tile = GsTile<__half, BM, GS_BN, LDS>;
+#pragma unroll
+    for (int i = 0; i < Tile::PER; ++i) {
+        const int v = threadIdx.x + i * GS_THREADS, m = v / Tile::VPR;
+        const int delta = m0 + m < rows ? __ldg(a.qexp + (m0 + m) * a.mode_tiles + t) - row_e[m] : 0;
+        const float f = ldexpf(1.f, delta);
+        __half *dst = s + m * LDS + (v % Tile::VPR) * Tile::V;
+#pragma unroll
+        for (int e = 0; e < Tile::V; ++e) dst[e] = __float2half_rn(__half2float(tile.reg[i].e[e]) * f);
+    }
+}
+
 template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_backproject(const GsArgs &a) {
     using S = GsShape<UT>;
     constexpr int TILE_BYTES = (BM * S::LDK + S::BK * S::LDN) * (int)sizeof(UT);
     constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
     __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
     __shared__ float row_a[BM], row_b[BM], row_c[BM];
+    __shared__ int row_e[BM]; /* f16 path: the largest q tile exponent of the row in this split */
     UT *qs = reinterpret_cast<UT *>(smem);
     UT *es = qs + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
 
     const long long batch = a.batch, dim = a.dim, rank = a.rank, rows = (long long)a.slabs * batch;
-    const long long m0 = (long long)blockIdx.x * BM, n0 = (long long)blockIdx.y * GS_BN;
+    const long long m0 = (blockIdx.x % a.row_tiles2) * BM, n0 = (blockIdx.x / a.row_tiles2) * GS_BN;
     const UT *q = static_cast<const UT *>(a.q);
     const UT *eig = static_cast<const UT *>(a.eigvecs);
     const bool qvec = gs_vec_ok<UT>(q, a.rq), evec = gs_vec_ok<UT>(eig, dim);
@@ -316,11 +391,21 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
         row_a[threadIdx.x] = (float)ca;
         row_b[threadIdx.x] = (float)cb;
         row_c[threadIdx.x] = (float)cc;
+        row_e[threadIdx.x] = -1000; /* below any tile exponent (they are clamped to +-120) */
     }
 
     const long long chunks = (rank + S::BK - 1) / S::BK, per_split = (chunks + a.splits2 - 1) / a.splits2;
     const long long kbeg = blockIdx.z * per_split * S::BK;
     const long long kend = min(rank, kbeg + per_split * S::BK);
+    if constexpr (S::TC) {
+        static_assert(S::BK == GS_BN, "a launch-2 chunk is one launch-1 mode tile");
+        __syncthreads();
+        const long long t0 = kbeg / GS_BN, nt = kend > kbeg ? (kend - kbeg + GS_BN - 1) / GS_BN : 0;
+        for (long long i = threadIdx.x; i < BM * nt; i += GS_THREADS) {
+            const long long m = i / nt;
+            if (m0 + m < rows) atomicMax(&row_e[m], __ldg(a.qexp + (m0 + m) * a.mode_tiles + t0 + i % nt));
+        }
+    }
 
     GsAcc<UT, BM> acc;
     acc.zero();
@@ -329,8 +414,11 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     qtile.load(q, a.rq, m0, kbeg, rows, kend, qvec);
     etile.load(eig, dim, kbeg, n0, kend, dim, evec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
-        __syncthreads();
-        qtile.store(qs);
+        __syncthreads(); /* previous chunk consumed (and the row scalars written, first time) */
+        if constexpr (S::TC)
+            gs_store_q<BM, S::LDK>(qtile, qs, a, m0, rows, k0 / GS_BN, row_e);
+        else
+            qtile.store(qs);
         etile.store(es);
         __syncthreads();
         if (k0 + S::BK < kend) {
@@ -342,9 +430,15 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     __syncthreads();
     acc.store(cs);
     __syncthreads();
+    if constexpr (S::TC) { /* the row exponent, applied in f32 */
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            if (row_e[m] > -1000) cs[m * GS_LDC + n] = ldexpf(cs[m * GS_LDC + n], row_e[m]);
+        }
+        __syncthreads();
+    }
     if (a.splits2 > 1 &&
-        !gs_split_reduce<BM>(cs, a.part, a.counters + (blockIdx.y * gridDim.x + blockIdx.x), a.splits2, a.rowpad2,
-                             a.cpad, m0, n0))
+        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits2, a.rowpad2, a.cpad, m0, n0))
         return;
 
     const XT *x = static_cast<const XT *>(a.x);
@@ -386,15 +480,17 @@ GS_KERNELS(f16, __half, f32, float)
 GS_KERNELS(bf16, __nv_bfloat16, f32, float)
 
 /*
- * Launcher notes (src/backend/cuda.rs): launch 1 uses BM = 64 from 64 rows of x up, else 32;
- * launch 2 uses BM = 128 from 128 output rows up, else 32. For each launch, splits = the fewest
- * splits that give about 4 blocks per multiprocessor (4 blocks of <= 128 registers per thread
- * fit, and 4 x 8 KB of eigenvector loads in flight per multiprocessor is what the memory needs
- * by Little's law), each split a whole number of BK chunks; an empty split (possible when the
- * chunks do not divide evenly) adds a zero partial. part holds splits x rowpad x rpad floats
- * for launch 1, then splits2 x rowpad2 x cpad for launch 2 (padded to whole tiles, so partial
+ * Launcher notes (src/backend/cuda/geometry.rs): launch 1 uses BM = 64 from 64 rows of x up,
+ * else 32; launch 2 uses BM = 128 from 128 output rows up, else 32. For each launch, splits =
+ * the fewest splits that give about 4 blocks per multiprocessor (4 blocks of <= 128 registers
+ * per thread fit, and 4 x 8 KB of eigenvector loads in flight per multiprocessor is what the
+ * memory needs by Little's law), each split a whole number of BK chunks; an empty split
+ * (possible when the chunks do not divide evenly) adds a zero partial. Split counts can be
+ * overridden at run time for measurements. part holds splits x rowpad x rpad floats for
+ * launch 1, then splits2 x rowpad2 x cpad for launch 2 (padded to whole tiles, so partial
  * writes need no bounds); launch 1 has finished with it when launch 2 starts. The counters
- * (one per tile, shared by both launches) start at zero when allocated and are reset by the
- * last block of each tile. Both launches go on the caller's stream; q, part and counters
- * belong to that stream's workspace, so concurrent streams never share them.
+ * (one per tile, shared by both launches) are zeroed on the caller's stream before launch 1
+ * and reset by the last block of each tile. Scratch (part, q, qexp, counters, level table) is
+ * allocated for each call in stream order on the caller's stream and freed after launch 2, so
+ * concurrent streams and captured graphs never share it.
  */

@@ -25,25 +25,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-pin='cuda-toolkit[nvcc,nvvm,crt,cudart,cccl]==13.0.2'
-want_version='V13.0.88'
-venv=${GAUSSSKIP_CUDA_VENV:-/tmp/gaussskip-cuda-13.0.2}
-
-find_nvcc() { ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n 1; }
-
-nvcc=$(find_nvcc || true)
-if [ -z "$nvcc" ]; then
-    echo "installing $pin into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "$pin"
-    nvcc=$(find_nvcc)
-fi
+source "$root/scripts/pinned_cuda.sh"
+ensure_pinned_cuda
+pin=$pinned_cuda_pin
 version=$("$nvcc" --version | grep -o "release .*")
-case "$version" in
-    *"$want_version"*) ;;
-    *) echo "error: $nvcc is '$version', expected $want_version ($pin)" >&2; exit 1 ;;
-esac
-command -v g++ >/dev/null || { echo "error: nvcc needs a host g++ (apt-get install g++)" >&2; exit 1; }
 
 cd "$root"
 mapfile -t flags < <(tr -s ' \n' '\n' < kernels/nvcc-flags.txt | sed '/^$/d')

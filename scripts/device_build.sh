@@ -7,7 +7,9 @@
 #   .carry/bin/cuda-bench    benches/cuda.rs (criterion)
 #   .carry/lib/libgaussskip.so
 #   .carry/bench/gpu_bench.py, .carry/bench/torch_peer.py (copy of ../shared/bench)
-#   .carry/run_gpu.sh        the command to run there: tests, then the speed table
+#   .carry/python/gaussskip  the Python package with libgaussskip.so inside; .carry/python-tests
+#   .carry/run_gpu.sh        the command to run there: GPU tests, compute-sanitizer, Python
+#                            torch tests, then the speed table
 # The binaries need glibc >= 2.34 and load libcuda at run time (no CUDA toolkit).
 #
 # Usage: scripts/device_build.sh      then, on the GPU machine, from the repository root
@@ -38,22 +40,61 @@ cp "$tests" "$carry.tmp/bin/cuda-tests"
 cp "$bench" "$carry.tmp/bin/cuda-bench"
 cp target/release/libgaussskip.so "$carry.tmp/lib/"
 cp scripts/gpu_bench.py "$carry.tmp/bench/"
+# The Python package with the library beside it, and its tests.
+mkdir -p "$carry.tmp/python" "$carry.tmp/python-tests"
+cp -r bindings/python/gaussskip "$carry.tmp/python/"
+cp target/release/libgaussskip.so "$carry.tmp/python/gaussskip/"
+cp bindings/python/tests/*.py "$carry.tmp/python-tests/"
 if [ -f ../shared/bench/torch_peer.py ]; then cp ../shared/bench/torch_peer.py "$carry.tmp/bench/"; fi
 cat > "$carry.tmp/run_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root.
+# Runs on the GPU machine from the repository root (about 6-8 minutes on an H100/H200).
+# Prints the device, the GPU tests (a missing GPU fails), compute-sanitizer on small shapes,
+# the Python torch tests (graph capture and streams), then the speed table. Logs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/gs-out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
-echo "== GPU tests"
-GAUSSSKIP_REQUIRE_CUDA=1 .carry/bin/cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/tests.log" | grep -E "^test |test result|panicked|configurations|relative error"
-tests_rc=${PIPESTATUS[0]}
+status=0
+
+echo "== GPU tests (GAUSSSKIP_REQUIRE_CUDA=1)"
+GAUSSSKIP_REQUIRE_CUDA=1 .carry/bin/cuda-tests --test-threads=1 --nocapture > "$out/tests.log" 2>&1
+rc=$?
+grep -E "^test |test result|panicked|configurations" "$out/tests.log"
+[ $rc -eq 0 ] || status=1
+
+echo "== compute-sanitizer on small shapes"
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+if [ -z "$sanitizer" ]; then
+    echo "compute-sanitizer: not installed here"
+else
+    for tool in memcheck racecheck synccheck; do
+        GAUSSSKIP_REQUIRE_CUDA=1 timeout 240 "$sanitizer" --tool "$tool" --error-exitcode 3 \
+            .carry/bin/cuda-tests --test-threads=1 --exact small_shapes_for_the_sanitizers > "$out/sanitizer-$tool.log" 2>&1
+        rc=$?
+        if grep -q "Device not supported" "$out/sanitizer-$tool.log"; then
+            echo "$tool: compute-sanitizer does not support this device/runtime (not run)"
+        elif [ $rc -eq 0 ]; then
+            echo "$tool: clean ($(grep -m1 'ERROR SUMMARY' "$out/sanitizer-$tool.log"))"
+        else
+            echo "$tool: FAILED (rc $rc)"; tail -n 30 "$out/sanitizer-$tool.log"; status=1
+        fi
+    done
+fi
+
+echo "== Python: torch tests (CUDA tensors, streams, graph capture)"
+if [ -d .carry/python ]; then
+    PYTHONPATH=.carry/python GAUSSSKIP_REQUIRE_CUDA=1 python3 -m pytest -q .carry/python-tests 2>&1 | tee "$out/python.log" | tail -n 15
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+    echo "no Python package carried"
+fi
+
 echo "== speed table (ours vs PyTorch, same run)"
 PYTHONUNBUFFERED=1 python3 .carry/bench/gpu_bench.py --lib .carry/lib/libgaussskip.so ${GS_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
-bench_rc=${PIPESTATUS[0]}
-echo "tests rc=$tests_rc bench rc=$bench_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+echo "run_gpu: exit $status"
+exit $status
 RUN
 chmod +x "$carry.tmp/run_gpu.sh"
 rm -rf "$carry"

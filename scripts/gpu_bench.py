@@ -1,19 +1,27 @@
 """GPU speed table: gaussskip's CUDA kernels against the PyTorch fp16 peer, in one run.
 
-Loads libgaussskip.so through ctypes (the C ABI: gs_model_from_parts, gs_context_create,
-gs_skip, gs_denoise, gs_skip_trajectory), passes PyTorch tensors' device pointers and the
-current stream, and times everything with CUDA events (median of warm repetitions).
-The PyTorch peer is the logic of ../shared/bench/torch_peer.py (eager fp16 and the same ops
-captured in a CUDA graph), run here on the same shapes, with eigenvector copies rotated where
-one copy would fit in L2.
+Loads libgaussskip.so through ctypes (the C ABI), passes PyTorch tensors' device pointers and
+the current stream, and times everything with CUDA events (median of warm repetitions). The
+PyTorch peer is the logic of ../shared/bench/torch_peer.py (eager fp16, and the same ops
+captured in a CUDA graph: the form to beat), run here on the same shapes, with eigenvector
+copies rotated where one copy would fit in L2.
 
-Columns: ours (skip, f16 I/O, f16 eigenvectors), PyTorch eager and graph, the roofline floor
-max(bytes / copy bandwidth, flops / fp16 matmul rate) with bytes = 2 d r 2 + 2 B d 2 and
-flops = 4 B d r, ours/PyTorch (best PyTorch form), ours/floor, achieved GB/s and TFLOP/s,
-and the relative error of our output against float64. Then denoise and a 16-level trajectory
-against 16 single skips.
+Per call (skip, f16 I/O, f16 eigenvectors): ours as an eager call (host overhead included:
+what users pay) and replayed from a graph captured with torch.cuda.graph, PyTorch eager and
+graph, the roofline floor max(bytes / copy bandwidth, flops / fp16 matmul rate) with
+bytes = 2 d r 2 + 2 B d 2 and flops = 4 B d r, the ratios, achieved GB/s and TFLOP/s, and the
+relative error against float64.
 
-Usage: python3 scripts/gpu_bench.py [--lib path/to/libgaussskip.so] [--quick]
+Per launch (gs_context_time_launches, CUDA events around each launch): the projection and the
+back-projection, each with its blocks, split-K count, resident blocks per multiprocessor,
+waves, time, its own floor (eigenvectors + its share of rows), achieved GB/s and TFLOP/s; with
+--sweep also at other split counts, to see what the split-K tail costs.
+
+Exits 1 when any result breaks the precision contract (relative error > 2e-3 against float64,
+SPEC §5) or any call fails.
+
+Usage: python3 scripts/gpu_bench.py [--lib path/to/libgaussskip.so] [--quick] [--sweep]
+                                    [--splits P,B]
 Writes $OUT/gpu_bench.json when OUT is set.
 """
 import argparse
@@ -27,32 +35,51 @@ import torch
 torch.backends.cuda.matmul.allow_tf32 = False
 DEV = "cuda"
 GS_DEVICE_CUDA, GS_DTYPE_F16 = 2, 1
+CONTRACT = 2e-3
 
 
 class Noise(C.Structure):
     _fields_ = [("alpha", C.c_double), ("sigma", C.c_double)]
 
 
+class LaunchTimes(C.Structure):
+    _fields_ = [
+        ("launch_ms", C.c_double * 2),
+        ("blocks", C.c_uint32 * 2),
+        ("splits", C.c_uint32 * 2),
+        ("block_rows", C.c_uint32 * 2),
+        ("blocks_per_sm", C.c_uint32 * 2),
+        ("waves", C.c_double * 2),
+    ]
+
+
 def load(path):
     lib = C.CDLL(path)
-    vp, sz = C.c_void_p, C.c_size_t
+    vp, sz, u32 = C.c_void_p, C.c_size_t, C.c_uint32
     lib.gs_last_error_message.restype = C.c_char_p
     lib.gs_model_from_parts.argtypes = [sz, sz, vp, vp, vp, C.c_float, C.POINTER(vp)]
-    lib.gs_context_create.argtypes = [C.c_uint32, C.c_int32, C.POINTER(vp)]
-    lib.gs_skip.argtypes = [vp, vp, C.c_uint32, vp, vp, sz, Noise, Noise, vp]
-    lib.gs_denoise.argtypes = [vp, vp, C.c_uint32, vp, vp, sz, Noise, vp]
-    lib.gs_skip_trajectory.argtypes = [vp, vp, C.c_uint32, vp, vp, sz, Noise, C.POINTER(Noise), sz, vp]
+    lib.gs_context_create.argtypes = [u32, C.c_int32, C.POINTER(vp)]
+    lib.gs_skip.argtypes = [vp, vp, u32, vp, vp, sz, Noise, Noise, vp]
+    lib.gs_denoise.argtypes = [vp, vp, u32, vp, vp, sz, Noise, vp]
+    lib.gs_skip_trajectory.argtypes = [vp, vp, u32, vp, vp, sz, Noise, C.POINTER(Noise), sz, vp]
+    lib.gs_context_time_launches.argtypes = [vp, vp, u32, vp, vp, sz, Noise, Noise, u32, u32, u32, vp,
+                                             C.POINTER(LaunchTimes)]
     lib.gs_model_free.argtypes = [vp]
     lib.gs_context_free.argtypes = [vp]
     return lib
 
 
+FAILURES = []
+
+
 def check(lib, status, what):
     if status != 0:
-        sys.exit(f"{what} failed with status {status}: {lib.gs_last_error_message().decode()}")
+        msg = f"{what} failed with status {status}: {lib.gs_last_error_message().decode()}"
+        FAILURES.append(msg)
+        raise RuntimeError(msg)
 
 
-def bench(fn, reps=50, warm=5):
+def bench(fn, reps=30, warm=5):
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
@@ -67,6 +94,29 @@ def bench(fn, reps=50, warm=5):
         ts.append(a.elapsed_time(b))
     ts.sort()
     return ts[len(ts) // 2]
+
+
+def graphed(fns):
+    """CUDA graphs of `fns`, captured PyTorch's way (warm-up on a side stream), replayed in turn."""
+    graphs = []
+    for fn in fns:
+        g = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(g):
+            fn()
+        graphs.append(g)
+    k = [0]
+
+    def replay():
+        graphs[k[0] % len(graphs)].replay()
+        k[0] += 1
+
+    return replay, graphs
 
 
 def ceilings():
@@ -88,21 +138,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default=os.environ.get("GAUSSSKIP_LIB", "target/release/libgaussskip.so"))
     ap.add_argument("--quick", action="store_true", help="d = 3072 only")
+    ap.add_argument("--sweep", action="store_true", help="per-launch times at other split counts too")
+    ap.add_argument("--splits", default="0,0", help="split-K override P,B for the per-launch table (0 = rule)")
     args = ap.parse_args()
+    force = [int(v) for v in args.splits.split(",")]
     lib = load(args.lib)
     ctx = C.c_void_p()
     check(lib, lib.gs_context_create(GS_DEVICE_CUDA, 0, C.byref(ctx)), "gs_context_create")
 
     bw, tf = ceilings()
     name = torch.cuda.get_device_name()
-    print(f"device {name}; ceilings: copy {bw / 1e12:.2f} TB/s, fp16 gemm {tf / 1e12:.0f} TFLOP/s", flush=True)
-    res = dict(device=name, bw=bw, fp16_flops=tf, skip=[], denoise=[], trajectory=[])
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"device {name} ({sms} SMs); ceilings: copy {bw / 1e12:.2f} TB/s, fp16 gemm {tf / 1e12:.0f} TFLOP/s",
+          flush=True)
+    res = dict(device=name, bw=bw, fp16_flops=tf, skip=[], launches=[], denoise=[], trajectory=[])
     shapes = [(3072, 3072), (12288, 12288), (16384, 16384), (12288, 1024), (16384, 1024)]
     if args.quick:
         shapes = shapes[:1]
     ss, st = 80.0, 10.0
-    hdr = f"{'d':>6} {'r':>6} {'B':>4} | {'ours ms':>8} {'torch':>8} {'graph':>8} {'floor':>8} | {'/torch':>6} {'/floor':>6} | {'GB/s':>6} {'TFLOP/s':>7} | relerr"
-    print(hdr, flush=True)
+    call_rows, launch_rows = [], []
     for d, r in shapes:
         ncopies = max(1, min(6, int(2e8 // (d * r * 2))))
         lam = (torch.rand(r, device=DEV) * 10).sort(descending=True).values
@@ -114,7 +168,8 @@ def main():
             e = q.t().contiguous().cpu()
             m = C.c_void_p()
             mu_h, lam_h = mu.cpu(), lam.cpu()
-            check(lib, lib.gs_model_from_parts(d, r, mu_h.data_ptr(), lam_h.data_ptr(), e.data_ptr(), 0.0, C.byref(m)), "gs_model_from_parts")
+            check(lib, lib.gs_model_from_parts(d, r, mu_h.data_ptr(), lam_h.data_ptr(), e.data_ptr(), 0.0,
+                                               C.byref(m)), "gs_model_from_parts")
             models.append((m, q))
             del e
         s = st / ss
@@ -124,61 +179,91 @@ def main():
             out16 = torch.empty_like(x16)
             k = [0]
 
+            def call_with(m):
+                def call():
+                    check(lib, lib.gs_skip(ctx, m, GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(), B,
+                                           Noise(1.0, ss), Noise(1.0, st), torch.cuda.current_stream().cuda_stream),
+                          "gs_skip")
+                return call
+
+            ours_calls = [call_with(m) for m, _ in models]
+
             def ours():
-                m = models[k[0] % ncopies][0]
+                ours_calls[k[0] % ncopies]()
                 k[0] += 1
-                check(lib, lib.gs_skip(ctx, m, GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(), B,
-                                       Noise(1.0, ss), Noise(1.0, st), torch.cuda.current_stream().cuda_stream), "gs_skip")
+
+            def torch_with(U):
+                def peer():
+                    xc = x16 - mu.half()
+                    return mu.half() + s * xc + ((xc @ U) * coef.half()) @ U.T
+                return peer
+
+            peers = [torch_with(U) for U in Us16]
 
             def torch16():
-                U = Us16[k[0] % ncopies]
+                peers[k[0] % ncopies]()
                 k[0] += 1
-                xc = x16 - mu.half()
-                return mu.half() + s * xc + ((xc @ U) * coef.half()) @ U.T
 
             t_ours = bench(ours)
             t_torch = bench(torch16)
-            graphs = []
-            for U in Us16:
-                g = torch.cuda.CUDAGraph()
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    for _ in range(2):
-                        xc = x16 - mu.half()
-                        _y = mu.half() + s * xc + ((xc @ U) * coef.half()) @ U.T
-                torch.cuda.current_stream().wait_stream(side)
-                with torch.cuda.graph(g):
-                    xc = x16 - mu.half()
-                    _y = mu.half() + s * xc + ((xc @ U) * coef.half()) @ U.T
-                graphs.append(g)
-            kg = [0]
-
-            def replay():
-                graphs[kg[0] % len(graphs)].replay()
-                kg[0] += 1
-
-            t_graph = bench(replay)
-            del graphs
-            # correctness of our output against float64 on the same model (model 0)
-            k[0] = 0
-            out16.fill_(float("nan"))
-            ours()
-            torch.cuda.synchronize()
+            replay_torch, gt = graphed(peers)
+            t_tgraph = bench(replay_torch)
+            del gt
+            replay_ours, go = graphed(ours_calls)
+            t_ograph = bench(replay_ours)
+            # correctness of our output (eager and replayed) against float64 on model 0
             q = models[0][1].double()
             xd = x16.double() - mu.double()
             ref = mu.double() + s * xd + ((xd @ q) * coef.double()) @ q.T
-            relerr = ((out16.double() - ref).norm() / ref.norm()).item()
+            errs = []
+            for run in (ours_calls[0], lambda: go[0].replay()):
+                out16.fill_(float("nan"))
+                run()
+                torch.cuda.synchronize()
+                errs.append(((out16.double() - ref).norm() / ref.norm()).item())
+            del go
+            relerr = max(errs)
+            if not relerr <= CONTRACT:
+                FAILURES.append(f"skip d={d} r={r} B={B}: relative error {relerr:.2e} > {CONTRACT}")
             bytes_ = 2 * d * r * 2 + 2 * B * d * 2
             flops = 4 * B * d * r
             floor = max(bytes_ / bw, flops / tf) * 1e3
-            best = min(t_torch, t_graph)
-            row = dict(d=d, r=r, B=B, ours_ms=t_ours, torch_fp16_ms=t_torch, torch_graph_ms=t_graph,
-                       floor_ms=floor, relerr=relerr, gbps=bytes_ / (t_ours * 1e-3) / 1e9,
-                       tflops=flops / (t_ours * 1e-3) / 1e12)
+            best = min(t_torch, t_tgraph)
+            row = dict(d=d, r=r, B=B, ours_ms=t_ours, ours_graph_ms=t_ograph, torch_fp16_ms=t_torch,
+                       torch_graph_ms=t_tgraph, floor_ms=floor, relerr=relerr,
+                       gbps=bytes_ / (t_ograph * 1e-3) / 1e9, tflops=flops / (t_ograph * 1e-3) / 1e12)
             res["skip"].append(row)
-            print(f"{d:6d} {r:6d} {B:4d} | {t_ours:8.3f} {t_torch:8.3f} {t_graph:8.3f} {floor:8.3f} | "
-                  f"{t_ours / best:6.2f} {t_ours / floor:6.2f} | {row['gbps']:6.0f} {row['tflops']:7.1f} | {relerr:.1e}", flush=True)
+            call_rows.append(row)
+
+            # per launch
+            sweeps = [tuple(force)]
+            lt = LaunchTimes()
+            check(lib, lib.gs_context_time_launches(ctx, models[0][0], GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(),
+                                                    B, Noise(1.0, ss), Noise(1.0, st), force[0], force[1], 20,
+                                                    torch.cuda.current_stream().cuda_stream, C.byref(lt)),
+                  "gs_context_time_launches")
+            if args.sweep:
+                auto = (lt.splits[0], lt.splits[1])
+                sweeps += [(1, 1), (max(1, auto[0] // 2), max(1, auto[1] // 2)), (2 * auto[0], 2 * auto[1])]
+            for sp in sweeps:
+                lt = LaunchTimes()
+                check(lib, lib.gs_context_time_launches(ctx, models[0][0], GS_DTYPE_F16, x16.data_ptr(),
+                                                        out16.data_ptr(), B, Noise(1.0, ss), Noise(1.0, st), sp[0],
+                                                        sp[1], 20, torch.cuda.current_stream().cuda_stream,
+                                                        C.byref(lt)), "gs_context_time_launches")
+                for i, stage in enumerate(["project", "backproject"]):
+                    # eigenvectors once per launch; launch 1 reads x (twice: the range scan) and
+                    # writes q; launch 2 reads q and x and writes out
+                    lb = d * r * 2 + (2 * B * d * 2 + B * r * 2 if i == 0 else B * r * 2 + 2 * B * d * 2)
+                    lf = 2 * B * d * r
+                    lfloor = max(lb / bw, lf / tf) * 1e3
+                    ms = lt.launch_ms[i]
+                    lrow = dict(d=d, r=r, B=B, launch=stage, forced=list(sp), ms=ms, floor_ms=lfloor,
+                                blocks=lt.blocks[i], splits=lt.splits[i], bm=lt.block_rows[i],
+                                blocks_per_sm=lt.blocks_per_sm[i], waves=lt.waves[i],
+                                gbps=lb / (ms * 1e-3) / 1e9, tflops=lf / (ms * 1e-3) / 1e12)
+                    res["launches"].append(lrow)
+                    launch_rows.append(lrow)
 
             if B in (1, 64):
                 k[0] = 0
@@ -198,24 +283,55 @@ def main():
                     m = models[k[0] % ncopies][0]
                     k[0] += 1
                     check(lib, lib.gs_skip_trajectory(ctx, m, GS_DTYPE_F16, x16.data_ptr(), traj.data_ptr(), B,
-                                                      Noise(1.0, ss), levels, 16, torch.cuda.current_stream().cuda_stream),
+                                                      Noise(1.0, ss), levels, 16,
+                                                      torch.cuda.current_stream().cuda_stream),
                           "gs_skip_trajectory")
 
                 t_traj = bench(trajectory)
                 res["trajectory"].append(dict(d=d, r=r, B=B, ms=t_traj, skip_ms=t_ours))
-                print(f"{'':>18} denoise {t_den:8.3f} ms (floor {floor:.3f});  trajectory of 16 {t_traj:8.3f} ms = "
-                      f"{t_traj / t_ours:.2f} skips", flush=True)
                 del traj
+            print(f"  d={d} r={r} B={B}: ours {t_ours:.3f} ms (graph {t_ograph:.3f}), torch {t_torch:.3f} "
+                  f"(graph {t_tgraph:.3f}), floor {floor:.3f}, relerr {relerr:.1e}", flush=True)
         for m, _ in models:
             lib.gs_model_free(m)
         del Us16, models
         torch.cuda.empty_cache()
     lib.gs_context_free(ctx)
+
+    print(f"\nper call, skip f16 I/O f16 eigenvectors, {name}: times in ms; ratios against the best PyTorch "
+          "form and the floor use ours replayed from a graph")
+    print(f"{'d':>6} {'r':>6} {'B':>4} | {'eager':>7} {'graph':>7} | {'torch':>7} {'t.graph':>7} | {'floor':>7} | "
+          f"{'/torch':>6} {'/floor':>6} {'eager/fl':>8} | {'GB/s':>6} {'TFLOP/s':>7} | relerr")
+    for w in call_rows:
+        best = min(w["torch_fp16_ms"], w["torch_graph_ms"])
+        print(f"{w['d']:6d} {w['r']:6d} {w['B']:4d} | {w['ours_ms']:7.3f} {w['ours_graph_ms']:7.3f} | "
+              f"{w['torch_fp16_ms']:7.3f} {w['torch_graph_ms']:7.3f} | {w['floor_ms']:7.3f} | "
+              f"{w['ours_graph_ms'] / best:6.2f} {w['ours_graph_ms'] / w['floor_ms']:6.2f} "
+              f"{w['ours_ms'] / w['floor_ms']:8.2f} | {w['gbps']:6.0f} {w['tflops']:7.1f} | {w['relerr']:.1e}")
+    print(f"\nper launch ({sms} SMs): forced = split override (0 = rule)")
+    print(f"{'d':>6} {'r':>6} {'B':>4} {'launch':>11} {'forced':>7} | {'blocks':>6} {'splits':>6} {'BM':>4} "
+          f"{'res/SM':>6} {'waves':>6} | {'ms':>7} {'floor':>7} {'/floor':>6} | {'GB/s':>6} {'TFLOP/s':>7}")
+    for w in launch_rows:
+        print(f"{w['d']:6d} {w['r']:6d} {w['B']:4d} {w['launch']:>11} {w['forced'][0]:>3},{w['forced'][1]:<3} | "
+              f"{w['blocks']:6d} {w['splits']:6d} {w['bm']:4d} {w['blocks_per_sm']:6d} {w['waves']:6.2f} | "
+              f"{w['ms']:7.3f} {w['floor_ms']:7.3f} {w['ms'] / w['floor_ms']:6.2f} | {w['gbps']:6.0f} {w['tflops']:7.1f}")
+    print("\ndenoise and 16-level trajectories (ms):")
+    for w, t in zip(res["denoise"], res["trajectory"]):
+        print(f"  d={w['d']} r={w['r']} B={w['B']}: denoise {w['ms']:.3f} (floor {w['floor_ms']:.3f}); "
+              f"trajectory of 16 {t['ms']:.3f} = {t['ms'] / t['skip_ms']:.2f} skips")
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "gpu_bench.json"), "w") as f:
             json.dump(res, f, indent=1)
+    if FAILURES:
+        print("\nFAILED:", *FAILURES, sep="\n  ")
+        sys.exit(1)
+    print("\nall results within the precision contract")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError:
+        print("\nFAILED:", *FAILURES, sep="\n  ")
+        sys.exit(1)

@@ -8,6 +8,7 @@ use std::ffi::c_void;
 
 use half::{bf16, f16};
 
+use crate::backend::{LaunchTimes, Splits};
 use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -189,11 +190,13 @@ impl Context {
         }
     }
 
-    /// Frees the device copy of `model` on a CUDA context (waiting for the device first);
-    /// the next call with it uploads it again. Does nothing on a CPU context.
+    /// Frees the device copy of `model` on a CUDA context once the calls already queued with
+    /// it are done (nothing waits on the host); the next call with it uploads it again.
+    /// Dropping a model does the same on every context that holds it. Does nothing on a CPU
+    /// context.
     ///
     /// # Errors
-    /// `Cuda` when the device cannot be synchronised.
+    /// `Cuda` when the context cannot be made current.
     pub fn release_model(&self, model: &Model) -> Result<()> {
         match &self.backend {
             Backend::Cpu => {
@@ -202,6 +205,80 @@ impl Context {
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(b) => b.release_model(model),
+        }
+    }
+
+    /// Diagnostics for benchmarks: times the two kernel launches of `reps` skips of device rows
+    /// `x` into `out` on `stream` with CUDA events (this waits for them), with the split counts
+    /// `splits` (unset: the launcher's rule), and reports the launch shapes. Not capturable.
+    ///
+    /// # Errors
+    /// As [`Context::apply_raw`]; `NoCuda` on a CPU context.
+    ///
+    /// # Safety
+    /// As [`Context::apply_raw`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn time_skip_launches(
+        &self,
+        model: &Model,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        from: Noise,
+        to: Noise,
+        splits: Splits,
+        reps: usize,
+        stream: *mut c_void,
+    ) -> Result<LaunchTimes> {
+        let op = Op::Skip {
+            from: from.into(),
+            to: to.into(),
+        };
+        match &self.backend {
+            Backend::Cpu => {
+                let _ = (model, dtype, x, out, batch, op, splits, reps, stream);
+                Err(Error::NoCuda(
+                    "launch timings are for CUDA contexts; this is a CPU context".into(),
+                ))
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => {
+                check_raw(model, &op, dtype, x, out, batch)?;
+                b.time_skip_launches(model, op, dtype, x, out, batch, stream, splits, reps)
+            }
+        }
+    }
+
+    /// Tests: fill every CUDA call's scratch with NaN before its kernels, so that a value the
+    /// kernels forget to write shows in the output. No effect on a CPU context.
+    #[doc(hidden)]
+    pub fn debug_poison_scratch(&self, on: bool) {
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(b) = &self.backend {
+            b.set_poison_scratch(on);
+        }
+        let _ = on;
+    }
+
+    /// Tests: how many models this context holds on its device (0 on a CPU context).
+    #[doc(hidden)]
+    pub fn models_on_device(&self) -> usize {
+        match &self.backend {
+            Backend::Cpu => 0,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => b.models_on_device(),
+        }
+    }
+
+    /// Tests: bytes of this context's device memory pool in use (models and scratch of calls in
+    /// flight; 0 on a CPU context).
+    #[doc(hidden)]
+    pub fn device_bytes_in_use(&self) -> u64 {
+        match &self.backend {
+            Backend::Cpu => 0,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => b.device_bytes_in_use(),
         }
     }
 
@@ -392,29 +469,9 @@ impl Context {
         batch: usize,
         stream: *mut c_void,
     ) -> Result<()> {
-        if x.is_null() {
-            return Err(Error::NullPointer { arg: "x" });
-        }
-        if out.is_null() {
-            return Err(Error::NullPointer { arg: "out" });
-        }
-        if batch == 0 {
-            return Err(Error::arg("batch", "must be at least 1"));
-        }
-        let n_in = batch
-            .checked_mul(model.dim())
-            .ok_or_else(|| Error::arg("batch", "batch x dim overflows"))?;
-        let n_out = n_in
-            .checked_mul(op.slabs())
-            .ok_or_else(|| Error::arg("batch", "output size overflows"))?;
-        let (xs, os) = (x as usize, out as usize);
-        let (xe, oe) = (xs + n_in * dtype.size(), os + n_out * dtype.size());
-        if xs < oe && os < xe {
-            return Err(Error::arg("out", "must not overlap x"));
-        }
+        let (n_in, n_out) = check_raw(model, &op, dtype, x, out, batch)?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(b) = &self.backend {
-            op.validate(batch)?;
             // SAFETY: the caller guarantees device buffers of the stated sizes and a live
             // stream; the backend checks what the driver can (pointer kind, allocation size).
             return unsafe { b.apply_device(model, op, dtype, x, out, batch, stream) };
@@ -440,6 +497,49 @@ impl Context {
             Dtype::BF16 => run::<bf16>(self, model, op, x, out, n_in, n_out),
         }
     }
+}
+
+/// The checks every raw call makes before any backend sees it: non-NULL buffers, a positive
+/// batch, sizes whose products fit, `x` and `out` disjoint, valid levels. Returns the element
+/// counts of `x` and `out`.
+fn check_raw(
+    model: &Model,
+    op: &Op<'_>,
+    dtype: Dtype,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+) -> Result<(usize, usize)> {
+    if x.is_null() {
+        return Err(Error::NullPointer { arg: "x" });
+    }
+    if out.is_null() {
+        return Err(Error::NullPointer { arg: "out" });
+    }
+    if batch == 0 {
+        return Err(Error::arg("batch", "must be at least 1"));
+    }
+    let n_in = batch
+        .checked_mul(model.dim())
+        .ok_or_else(|| Error::arg("batch", "batch x dim overflows"))?;
+    let n_out = n_in
+        .checked_mul(op.slabs())
+        .ok_or_else(|| Error::arg("batch", "output size overflows"))?;
+    let bytes = |n: usize| {
+        n.checked_mul(dtype.size())
+            .ok_or_else(|| Error::arg("batch", "the buffer's size in bytes overflows"))
+    };
+    let (in_bytes, out_bytes) = (bytes(n_in)?, bytes(n_out)?);
+    let (xs, os) = (x as usize, out as usize);
+    let ends = xs
+        .checked_add(in_bytes)
+        .zip(os.checked_add(out_bytes))
+        .ok_or_else(|| Error::arg("batch", "the buffers would wrap around the address space"))?;
+    if xs < ends.1 && os < ends.0 {
+        return Err(Error::arg("out", "must not overlap x"));
+    }
+    op.validate(batch)?;
+    Ok((n_in, n_out))
 }
 
 /// Runs one skip of a random batch on `ctx` and on the CPU and compares them.

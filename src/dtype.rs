@@ -4,7 +4,7 @@ use half::{bf16, f16};
 
 /// Element type of input and output buffers. Numbers are part of the C ABI.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dtype {
     /// IEEE binary32.
     F32 = 0,

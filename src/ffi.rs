@@ -701,10 +701,11 @@ pub unsafe extern "C" fn gs_context_create_cuda(
     })
 }
 
-/// Uploads `model` to a CUDA context and sizes the scratch of `stream` for calls of up to
-/// `batch` rows and `slabs` output slabs (1 for skip/denoise, the level count for
-/// trajectories), so later calls allocate nothing and can be captured in a CUDA graph. Call it
-/// before capturing. Does nothing on a CPU context.
+/// Uploads `model` to a CUDA context, checks that calls of up to `batch` rows and `slabs`
+/// output slabs (1 for skip/denoise, the level count for trajectories) fit one launch, and
+/// reserves their scratch in the context's memory pool. A call under graph capture needs its
+/// model on the device already: run one call with it, or this, before capturing. Does nothing
+/// on a CPU context.
 ///
 /// # Safety
 /// Handles are live; `stream` is NULL or a live CUstream of the context's device.
@@ -723,7 +724,8 @@ pub unsafe extern "C" fn gs_context_prepare(
     })
 }
 
-/// Frees a CUDA context's device copy of `model` (the next call uploads it again). Does
+/// Frees a CUDA context's device copy of `model` once the calls already queued with it are
+/// done (the next call uploads it again; `gs_model_free` does this on every context). Does
 /// nothing on a CPU context.
 ///
 /// # Safety
@@ -737,6 +739,86 @@ pub unsafe extern "C" fn gs_context_release_model(
         let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
         let model = &non_null(model, "model")?.inner;
         ctx.release_model(model)
+    })
+}
+
+/// Launch shapes and times of a CUDA skip (`gs_context_time_launches`). Index 0 is launch 1
+/// (projection), index 1 launch 2 (back-projection).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct gs_launch_times {
+    /// Median milliseconds of each launch (CUDA events).
+    pub launch_ms: [f64; 2],
+    /// Blocks per split (grid x).
+    pub blocks: [u32; 2],
+    /// Split-K count (grid z).
+    pub splits: [u32; 2],
+    /// Rows per block.
+    pub block_rows: [u32; 2],
+    /// Resident blocks per multiprocessor (occupancy API).
+    pub blocks_per_sm: [u32; 2],
+    /// Blocks / (multiprocessors x resident blocks).
+    pub waves: [f64; 2],
+}
+
+/// Diagnostics for benchmarks: runs `reps` skips of `batch` device rows `x` into `out` on
+/// `stream`, timing each of the two kernel launches with CUDA events, waits for them and
+/// writes the median times and the launch shapes to `times`. `splits_project` and
+/// `splits_backproject` override the split-K counts (0 = the launcher's rule). Not
+/// capturable; `GS_ERR_NO_CUDA` on a CPU context.
+///
+/// # Safety
+/// As `gs_skip`; `times` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_context_time_launches(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    x: *const c_void,
+    out: *mut c_void,
+    batch: usize,
+    from: gs_noise,
+    to: gs_noise,
+    splits_project: u32,
+    splits_backproject: u32,
+    reps: u32,
+    stream: *mut c_void,
+    times: *mut gs_launch_times,
+) -> gs_status {
+    guard(|| {
+        let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
+        let model = &non_null(model, "model")?.inner;
+        if times.is_null() {
+            return Err(Error::NullPointer { arg: "times" });
+        }
+        let dtype = Dtype::from_u32(dtype)
+            .ok_or_else(|| Error::UnsupportedDtype(format!("{dtype} is not a GS_DTYPE_* code")))?;
+        let forced = |n: u32| (n > 0).then_some(n as usize);
+        let splits = crate::Splits {
+            project: forced(splits_project),
+            backproject: forced(splits_backproject),
+        };
+        let t = ctx.time_skip_launches(
+            model,
+            dtype,
+            x,
+            out,
+            batch,
+            from.into(),
+            to.into(),
+            splits,
+            reps as usize,
+            stream,
+        )?;
+        *times = gs_launch_times {
+            launch_ms: t.ms,
+            blocks: t.blocks,
+            splits: t.splits,
+            block_rows: t.block_rows,
+            blocks_per_sm: t.blocks_per_sm,
+            waves: t.waves,
+        };
+        Ok(())
     })
 }
 

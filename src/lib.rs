@@ -41,6 +41,7 @@ pub mod reference;
 pub mod rng;
 pub mod sampler;
 
+pub use backend::{LaunchTimes, Splits};
 pub use context::{Context, Device, EigvecStorage};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};

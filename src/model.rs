@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -54,6 +55,21 @@ pub struct Model {
     residual_var: f64,
     meta: ModelMeta,
     id: u64,
+    drop_hooks: DropHooks,
+}
+
+/// Called with the model's id when it is dropped: device caches free their copies.
+type DropHook = Box<dyn FnOnce(u64) + Send>;
+
+/// The hooks of one model.
+#[derive(Default)]
+struct DropHooks(Mutex<Vec<DropHook>>);
+
+impl std::fmt::Debug for DropHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|v| v.len()).unwrap_or(0);
+        write!(f, "{n} drop hook(s)")
+    }
 }
 
 impl Model {
@@ -126,6 +142,7 @@ impl Model {
             residual_var,
             meta,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            drop_hooks: DropHooks::default(),
         })
     }
 
@@ -160,6 +177,15 @@ impl Model {
     /// A process-unique identity, used by backends to cache uploaded copies.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Runs `hook` with [`Model::id`] when the model is dropped (a device cache frees its copy).
+    pub(crate) fn on_drop(&self, hook: DropHook) {
+        self.drop_hooks
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Writes the model as safetensors, atomically (a temporary file in the same folder,
@@ -420,4 +446,18 @@ fn check_orthonormal(eigvecs: &[f32], rank: usize, dim: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        let hooks = std::mem::take(
+            self.drop_hooks
+                .0
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for hook in hooks {
+            hook(self.id);
+        }
+    }
 }

@@ -7,3 +7,29 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+/// Split counts chosen by the caller instead of the CUDA launcher's rule (for measurements).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Splits {
+    /// Split-K count of launch 1 (the projection, along dim); `None` = the rule.
+    pub project: Option<usize>,
+    /// Split-K count of launch 2 (the back-projection, along the modes); `None` = the rule.
+    pub backproject: Option<usize>,
+}
+
+/// Per-launch timings of a CUDA skip ([`crate::Context::time_skip_launches`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LaunchTimes {
+    /// Median milliseconds of launch 1 (projection) and launch 2 (back-projection).
+    pub ms: [f64; 2],
+    /// Blocks per split (grid x) of each launch.
+    pub blocks: [u32; 2],
+    /// Split-K count (grid z) of each launch.
+    pub splits: [u32; 2],
+    /// Rows per block of each launch.
+    pub block_rows: [u32; 2],
+    /// Resident blocks per multiprocessor of each kernel (occupancy API).
+    pub blocks_per_sm: [u32; 2],
+    /// Blocks / (multiprocessors x resident blocks): waves of each launch.
+    pub waves: [f64; 2],
+}

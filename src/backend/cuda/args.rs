@@ -1,0 +1,237 @@
+//! The kernels' argument block, byte for byte `GsArgs` in kernels/common.cuh, and how one call
+//! fills it.
+
+use crate::noise::{Levels, Noise, Op};
+
+use super::geometry::{Geometry, BN};
+
+/// Target levels passed inside the kernel arguments; more go through a device table.
+pub const INLINE_LEVELS: usize = 16;
+
+/// One noise level as the kernels read it (`GsLevel` in kernels/common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct GsLevel {
+    pub alpha: f64,
+    pub sigma: f64,
+}
+
+impl From<Noise> for GsLevel {
+    fn from(n: Noise) -> Self {
+        GsLevel {
+            alpha: n.alpha,
+            sigma: n.sigma,
+        }
+    }
+}
+
+/// Operation numbers of kernels/common.cuh (`GS_OP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Skip = 0,
+    Denoise = 1,
+    SkipTraj = 2,
+    X0Traj = 3,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GsArgs {
+    pub x: u64,
+    pub out: u64,
+    pub mean: u64,
+    pub eigvecs: u64,
+    pub eigvals: u64,
+    pub part: u64,
+    pub q: u64,
+    pub qexp: u64,
+    pub counters: u64,
+    pub from_table: u64,
+    pub to_table: u64,
+    pub batch: i64,
+    pub dim: i64,
+    pub rank: i64,
+    pub rq: i64,
+    pub rpad: i64,
+    pub rowpad: i64,
+    pub cpad: i64,
+    pub rowpad2: i64,
+    pub row_tiles1: i64,
+    pub row_tiles2: i64,
+    pub kind: i32,
+    pub slabs: i32,
+    pub splits: i32,
+    pub to_per_row: i32,
+    pub splits2: i32,
+    pub mode_tiles: i32,
+    pub residual_var: f64,
+    pub from: GsLevel,
+    pub to: [GsLevel; INLINE_LEVELS],
+}
+const _: () = assert!(std::mem::size_of::<GsArgs>() == 472);
+
+/// An operation's levels as the kernels take them: uniform ones inline, per-row ones and
+/// trajectories longer than [`INLINE_LEVELS`] in a table `[from rows][to rows or slabs]`.
+pub(crate) struct LevelPlan {
+    pub kind: OpKind,
+    pub from: GsLevel,
+    pub inline_to: [GsLevel; INLINE_LEVELS],
+    pub table: Vec<GsLevel>,
+    pub from_rows: usize,
+    pub to_in_table: bool,
+    pub to_per_row: bool,
+}
+
+impl LevelPlan {
+    pub fn new(op: &Op<'_>) -> LevelPlan {
+        let (kind, from, to): (OpKind, Levels<'_>, Vec<Levels<'_>>) = match *op {
+            Op::Skip { from, to } => (OpKind::Skip, from, vec![to]),
+            Op::Denoise { at } => (OpKind::Denoise, Levels::One(Noise::new(0.0, 1.0)), vec![at]),
+            Op::SkipTrajectory { from, levels } => (
+                OpKind::SkipTraj,
+                from,
+                levels.iter().map(|&n| Levels::One(n)).collect(),
+            ),
+            Op::X0Trajectory { from, levels } => (
+                OpKind::X0Traj,
+                from,
+                levels.iter().map(|&n| Levels::One(n)).collect(),
+            ),
+        };
+        let to_per_row = matches!(to.first(), Some(Levels::PerRow(_)));
+        let to_in_table = to_per_row || to.len() > INLINE_LEVELS;
+        let mut table = Vec::new();
+        let mut from_rows = 0;
+        let mut from_inline = GsLevel::default();
+        match from {
+            Levels::PerRow(v) => {
+                table.extend(v.iter().map(|&n| GsLevel::from(n)));
+                from_rows = v.len();
+            }
+            Levels::One(n) => from_inline = n.into(),
+        }
+        let mut inline_to = [GsLevel::default(); INLINE_LEVELS];
+        for (i, l) in to.iter().enumerate() {
+            match l {
+                Levels::PerRow(v) => table.extend(v.iter().map(|&n| GsLevel::from(n))),
+                Levels::One(n) if to_in_table => table.push((*n).into()),
+                Levels::One(n) => inline_to[i] = (*n).into(),
+            }
+        }
+        LevelPlan {
+            kind,
+            from: from_inline,
+            inline_to,
+            table,
+            from_rows,
+            to_in_table,
+            to_per_row,
+        }
+    }
+}
+
+/// Device addresses of one call.
+pub(crate) struct Pointers {
+    pub x: u64,
+    pub out: u64,
+    pub mean: u64,
+    pub eigvals: u64,
+    pub eigvecs: u64,
+    pub scratch: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build(
+    p: &Pointers,
+    g: &Geometry,
+    levels: &LevelPlan,
+    batch: usize,
+    dim: usize,
+    rank: usize,
+    slabs: usize,
+    residual_var: f64,
+) -> GsArgs {
+    let l = &g.layout;
+    let at = |off: usize| p.scratch + off as u64;
+    let table = at(l.table);
+    let level_bytes = std::mem::size_of::<GsLevel>() as u64;
+    GsArgs {
+        x: p.x,
+        out: p.out,
+        mean: p.mean,
+        eigvecs: p.eigvecs,
+        eigvals: p.eigvals,
+        part: at(l.part),
+        q: at(l.q),
+        qexp: at(l.qexp),
+        counters: at(l.counters),
+        from_table: if levels.from_rows > 0 { table } else { 0 },
+        to_table: if levels.to_in_table {
+            table + levels.from_rows as u64 * level_bytes
+        } else {
+            0
+        },
+        batch: batch as i64,
+        dim: dim as i64,
+        rank: rank as i64,
+        rq: g.rq as i64,
+        rpad: (g.project.col_tiles * BN) as i64,
+        rowpad: (g.project.row_tiles * g.project.bm) as i64,
+        cpad: (g.backproject.col_tiles * BN) as i64,
+        rowpad2: (g.backproject.row_tiles * g.backproject.bm) as i64,
+        row_tiles1: g.project.row_tiles as i64,
+        row_tiles2: g.backproject.row_tiles as i64,
+        kind: levels.kind as i32,
+        slabs: slabs as i32,
+        splits: g.project.splits as i32,
+        to_per_row: levels.to_per_row as i32,
+        splits2: g.backproject.splits as i32,
+        mode_tiles: g.project.col_tiles as i32,
+        residual_var,
+        from: levels.from,
+        to: levels.inline_to,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_levels_ride_inline_and_per_row_ones_go_to_the_table() {
+        let rows = [Noise::edm(3.0), Noise::edm(4.0)];
+        let p = LevelPlan::new(&Op::Skip {
+            from: Noise::edm(80.0).into(),
+            to: Noise::edm(10.0).into(),
+        });
+        assert!(p.table.is_empty() && !p.to_in_table);
+        assert_eq!(
+            p.from,
+            GsLevel {
+                alpha: 1.0,
+                sigma: 80.0
+            }
+        );
+        assert_eq!(
+            p.inline_to[0],
+            GsLevel {
+                alpha: 1.0,
+                sigma: 10.0
+            }
+        );
+        let p = LevelPlan::new(&Op::Skip {
+            from: Levels::PerRow(&rows),
+            to: Levels::PerRow(&rows),
+        });
+        assert_eq!((p.from_rows, p.table.len(), p.to_per_row), (2, 4, true));
+        let long: Vec<Noise> = (0..17).map(|i| Noise::edm(i as f64)).collect();
+        let p = LevelPlan::new(&Op::X0Trajectory {
+            from: Noise::edm(80.0).into(),
+            levels: &long,
+        });
+        assert_eq!(
+            (p.kind, p.table.len(), p.to_in_table, p.to_per_row),
+            (OpKind::X0Traj, 17, true, false)
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Launch shapes and the per-call scratch layout (pure arithmetic, tested without a GPU).
+//!
+//! Launch 1 (projection) has a BM1 x 64 tile of P per block; launch 2 (back-projection) a
+//! BM2 x 64 tile of the output. Both grids are flat over tiles (`blocks`, row tile fastest) with
+//! the split-K index on grid z, so only the split count meets a 65535 limit. See
+//! kernels/skip.cu for what each buffer holds.
+
+pub use crate::backend::Splits;
+use crate::context::EigvecStorage;
+use crate::error::{Error, Result};
+
+/// Columns (launch 2) or modes (launch 1) per block.
+pub(crate) const BN: usize = 64;
+/// The driver's limits on grid x and grid z.
+const MAX_GRID_X: usize = i32::MAX as usize;
+const MAX_GRID_Z: usize = 65535;
+/// Scratch regions start on this boundary (the driver's allocation alignment).
+const ALIGN: usize = 256;
+
+/// One launch: its tile height, grid and split count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Launch {
+    /// Rows per block (BM).
+    pub bm: usize,
+    /// Tiles along the rows.
+    pub row_tiles: usize,
+    /// Tiles along the other dimension (modes for launch 1, columns for launch 2).
+    pub col_tiles: usize,
+    /// Split-K count (grid z).
+    pub splits: usize,
+}
+
+impl Launch {
+    /// Blocks per split: grid x.
+    pub fn blocks(&self) -> usize {
+        self.row_tiles * self.col_tiles
+    }
+}
+
+/// Shapes and scratch of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub project: Launch,
+    pub backproject: Launch,
+    /// Leading dimension of q (rank rounded up to 8 for 16-byte rows).
+    pub rq: usize,
+    /// Byte offsets in the call's scratch allocation, and its size.
+    pub layout: Layout,
+}
+
+/// Where each scratch buffer lives in the call's one allocation (byte offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub part: usize,
+    pub q: usize,
+    pub qexp: usize,
+    pub counters: usize,
+    /// Number of u32 tile counters (0 when no launch splits).
+    pub counter_count: usize,
+    pub table: usize,
+    pub total: usize,
+}
+
+fn too_big() -> Error {
+    Error::arg(
+        "batch",
+        "the scratch this call needs overflows the address space",
+    )
+}
+
+fn mul(a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(too_big)
+}
+
+fn aligned(offset: usize) -> Result<usize> {
+    offset.checked_next_multiple_of(ALIGN).ok_or_else(too_big)
+}
+
+/// The launcher's split rule: the fewest splits that give about four blocks per
+/// multiprocessor over `tiles` tiles, each split a whole number of the `chunks` reduction
+/// chunks (kernels/NOTES.md: four 8 KB loads in flight per multiprocessor).
+pub(crate) fn split_rule(tiles: usize, chunks: usize, sms: usize) -> usize {
+    let want = (4 * sms).div_ceil(tiles.max(1)).clamp(1, chunks.max(1));
+    chunks.div_ceil(chunks.div_ceil(want)).max(1)
+}
+
+impl Geometry {
+    /// Shapes for `batch` rows of a `dim`-dim, `rank`-mode model, `slabs` output slabs, on a
+    /// device with `sms` multiprocessors, and `table_bytes` of uploaded levels.
+    ///
+    /// # Errors
+    /// `InvalidArgument` when a grid or the scratch would exceed what one launch can address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dim: usize,
+        rank: usize,
+        batch: usize,
+        slabs: usize,
+        storage: EigvecStorage,
+        sms: usize,
+        splits: Splits,
+        table_bytes: usize,
+    ) -> Result<Geometry> {
+        let (ub, bk) = match storage {
+            EigvecStorage::F16 => (2, 64),
+            EigvecStorage::F32 => (4, 32),
+        };
+        let rows2 = mul(slabs, batch)?;
+        let bm1 = if batch >= 64 { 64 } else { 32 };
+        let row_tiles1 = batch.div_ceil(bm1);
+        let mode_tiles = rank.div_ceil(BN);
+        let bm2 = if rows2 >= 128 { 128 } else { 32 };
+        let row_tiles2 = rows2.div_ceil(bm2);
+        let col_tiles = dim.div_ceil(BN);
+        let blocks1 = mul(row_tiles1, mode_tiles)?;
+        let blocks2 = mul(row_tiles2, col_tiles)?;
+        let pick = |forced: Option<usize>, tiles: usize, chunks: usize| -> Result<usize> {
+            match forced {
+                Some(0) => Err(Error::arg("splits", "a split count is at least 1")),
+                Some(s) if s > MAX_GRID_Z => Err(Error::arg(
+                    "splits",
+                    format!("{s} splits exceed the grid limit of {MAX_GRID_Z}"),
+                )),
+                Some(s) => Ok(s),
+                None => Ok(split_rule(tiles, chunks, sms).min(MAX_GRID_Z)),
+            }
+        };
+        let splits1 = pick(splits.project, blocks1, dim.div_ceil(bk))?;
+        let splits2 = pick(splits.backproject, blocks2, rank.div_ceil(bk))?;
+        if blocks1 > MAX_GRID_X || blocks2 > MAX_GRID_X {
+            return Err(Error::arg(
+                "batch",
+                format!(
+                    "{} tiles exceed the {MAX_GRID_X} blocks of one launch: split the batch",
+                    blocks1.max(blocks2)
+                ),
+            ));
+        }
+        let rq = rank.div_ceil(8) * 8;
+        let partial = |splits: usize, rows: usize, cols: usize| -> Result<usize> {
+            if splits < 2 {
+                return Ok(0);
+            }
+            mul(mul(mul(splits, rows)?, cols)?, 4)
+        };
+        let part_bytes = partial(splits1, row_tiles1 * bm1, mode_tiles * BN)?.max(partial(
+            splits2,
+            row_tiles2 * bm2,
+            col_tiles * BN,
+        )?);
+        let q_bytes = mul(rows2, mul(rq, ub)?)?;
+        let qexp_bytes = mul(mul(rows2, mode_tiles)?, 4)?;
+        let counter_count = if splits1 > 1 || splits2 > 1 {
+            blocks1.max(blocks2)
+        } else {
+            0
+        };
+        let part = 0;
+        let q = aligned(part + part_bytes)?;
+        let qexp = aligned(q.checked_add(q_bytes).ok_or_else(too_big)?)?;
+        let counters = aligned(qexp.checked_add(qexp_bytes).ok_or_else(too_big)?)?;
+        let table = aligned(counters + counter_count * 4)?;
+        let total = aligned(table.checked_add(table_bytes).ok_or_else(too_big)?)?;
+        Ok(Geometry {
+            project: Launch {
+                bm: bm1,
+                row_tiles: row_tiles1,
+                col_tiles: mode_tiles,
+                splits: splits1,
+            },
+            backproject: Launch {
+                bm: bm2,
+                row_tiles: row_tiles2,
+                col_tiles,
+                splits: splits2,
+            },
+            rq,
+            layout: Layout {
+                part,
+                q,
+                qexp,
+                counters,
+                counter_count,
+                table,
+                total,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(dim: usize, rank: usize, batch: usize, slabs: usize) -> Geometry {
+        Geometry::new(
+            dim,
+            rank,
+            batch,
+            slabs,
+            EigvecStorage::F16,
+            132,
+            Splits::default(),
+            0,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn split_rule_fills_four_blocks_per_multiprocessor_in_whole_chunks() {
+        // batch 1, d = 12288 full rank: 192 tiles, 192 chunks; 528 blocks wanted -> 3 splits
+        assert_eq!(split_rule(192, 192, 132), 3);
+        // more tiles than 4 per SM: no split
+        assert_eq!(split_rule(1000, 192, 132), 1);
+        // never more splits than chunks
+        assert_eq!(split_rule(1, 5, 132), 5);
+        // uneven chunks: 10 chunks, want 4 -> 3 per split -> 4 splits (the last one short)
+        assert_eq!(split_rule(33, 10, 32), 4);
+    }
+
+    #[test]
+    fn tile_heights_and_grids_follow_the_batch() {
+        let g = geo(3073, 257, 17, 1);
+        assert_eq!(
+            (g.project.bm, g.project.row_tiles, g.project.col_tiles),
+            (32, 1, 5)
+        );
+        assert_eq!(
+            (
+                g.backproject.bm,
+                g.backproject.row_tiles,
+                g.backproject.col_tiles
+            ),
+            (32, 1, 49)
+        );
+        let g = geo(100, 100, 64, 2);
+        assert_eq!(
+            (g.project.bm, g.backproject.bm, g.backproject.row_tiles),
+            (64, 128, 1)
+        );
+        assert_eq!(g.rq, 104);
+    }
+
+    #[test]
+    fn scratch_regions_are_aligned_and_disjoint() {
+        let g = Geometry::new(
+            1000,
+            333,
+            5,
+            3,
+            EigvecStorage::F16,
+            132,
+            Splits::default(),
+            40,
+        )
+        .unwrap();
+        let l = g.layout;
+        for off in [l.part, l.q, l.qexp, l.counters, l.table, l.total] {
+            assert_eq!(off % ALIGN, 0);
+        }
+        assert!(l.q >= l.part + 4 * g.project.splits * 32 * 384);
+        assert!(l.qexp >= l.q + 15 * 336 * 2);
+        assert!(l.counters >= l.qexp + 15 * 6 * 4);
+        assert!(l.table >= l.counters + 4 * l.counter_count);
+        assert!(l.total >= l.table + 40);
+        assert!(l.counter_count > 0, "this shape splits");
+    }
+
+    #[test]
+    fn wide_models_use_the_flat_grid_instead_of_failing() {
+        // d = 5M columns: 78,125 column tiles, beyond the 65535 limit of grid y
+        let g = geo(5_000_000, 8, 1, 1);
+        assert_eq!(g.backproject.blocks(), 78_125);
+        assert_eq!(g.backproject.splits, 1);
+    }
+
+    #[test]
+    fn forced_splits_are_checked_and_used() {
+        let forced = Splits {
+            project: Some(7),
+            backproject: Some(2),
+        };
+        let g = Geometry::new(3072, 3072, 1, 1, EigvecStorage::F16, 132, forced, 0).unwrap();
+        assert_eq!((g.project.splits, g.backproject.splits), (7, 2));
+        for bad in [Some(0), Some(65536)] {
+            let s = Splits {
+                project: bad,
+                backproject: None,
+            };
+            assert!(Geometry::new(64, 8, 1, 1, EigvecStorage::F32, 4, s, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn sizes_whose_products_overflow_are_refused() {
+        let e = Geometry::new(
+            1 << 40,
+            1 << 20,
+            usize::MAX / 2,
+            3,
+            EigvecStorage::F16,
+            132,
+            Splits::default(),
+            0,
+        );
+        assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
+    }
+}

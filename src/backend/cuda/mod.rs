@@ -1,0 +1,674 @@
+//! CUDA backend: the kernels of `kernels/skip.cu` driven through cudarc's driver API.
+//!
+//! One call is two launches on the caller's stream (projection with split-K and the weights,
+//! then the weighted back-projection with the fused epilogue; see the kernel file's header).
+//!
+//! Life cycle and costs:
+//! - Context creation retains the device's primary context (the one the CUDA runtime and
+//!   PyTorch use, so their pointers and streams work here), loads the kernel module, and creates
+//!   the context's memory pool and stream. Nothing is compiled or loaded inside a call.
+//! - Every call makes the context current and restores the caller's current context after.
+//! - A model is uploaded on its first use (or by [`CudaBackend::prepare`]) on the context's own
+//!   stream, which the call waits for once; its device copy is freed when the model is dropped
+//!   (after the eager calls that used it), or by [`CudaBackend::release_model`].
+//! - Scratch is allocated per call from the pool on the caller's stream and freed on it after
+//!   the kernels ([`memory`]). Streams never share scratch, nothing waits on the host, and in a
+//!   graph capture the allocation becomes a memory node owned by the graph.
+//! - A call under graph capture needs only its model on the device already (one eager call,
+//!   e.g. the warm-up of PyTorch's recipe, or `prepare`); per-row levels and trajectories of
+//!   more than [`INLINE_LEVELS`] levels upload a table per call and are refused under capture.
+//! - [`precision`] refuses calls whose rounding amplification breaks the precision contract.
+
+mod args;
+mod driver;
+pub(crate) mod geometry;
+mod memory;
+mod module;
+mod pointers;
+mod precision;
+
+use std::ffi::{c_void, CStr};
+use std::fmt;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+
+use crate::context::EigvecStorage;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::noise::Op;
+
+pub use crate::backend::{LaunchTimes, Splits};
+pub use args::INLINE_LEVELS;
+pub use module::FATBIN_ORIGIN;
+
+use args::{GsLevel, LevelPlan, Pointers};
+use driver::{capturing, check, Current};
+use geometry::Geometry;
+use memory::{Device, DeviceModel, ModelCache};
+use module::{Kernels, Stage, THREADS};
+
+/// The CUDA backend of one context.
+pub(crate) struct CudaBackend {
+    // Field order is drop order: model copies and kernels before the device (pool, stream,
+    // primary context) they live in.
+    models: Arc<ModelCache>,
+    kernels: Kernels,
+    device: Arc<Device>,
+    storage: EigvecStorage,
+    ordinal: usize,
+    sms: usize,
+    name: String,
+    splits: Splits,
+    poison: AtomicBool,
+}
+
+// SAFETY: the raw handles (module, functions, streams, pool) are driver objects usable from any
+// thread once their context is current; every entry point makes it current first, and the
+// mutable state sits behind mutexes and atomics.
+unsafe impl Send for CudaBackend {}
+// SAFETY: as above.
+unsafe impl Sync for CudaBackend {}
+
+impl fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.name)
+            .field("ordinal", &self.ordinal)
+            .field("storage", &self.storage)
+            .field("kernels", &FATBIN_ORIGIN)
+            .finish()
+    }
+}
+
+/// Split counts from `GAUSSSKIP_SPLITS` ("P,B": numbers or "auto"), for measurements.
+fn splits_from_env() -> Result<Splits> {
+    let Ok(text) = std::env::var("GAUSSSKIP_SPLITS") else {
+        return Ok(Splits::default());
+    };
+    let one = |s: &str| -> Result<Option<usize>> {
+        match s.trim() {
+            "auto" | "" => Ok(None),
+            n => n.parse().map(Some).map_err(|_| {
+                Error::arg(
+                    "GAUSSSKIP_SPLITS",
+                    format!("{text:?}: expected two split counts \"P,B\" (numbers or auto)"),
+                )
+            }),
+        }
+    };
+    let mut parts = text.split(',');
+    let (p, b) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if parts.next().is_some() {
+        return Err(Error::arg(
+            "GAUSSSKIP_SPLITS",
+            format!("{text:?}: expected two split counts \"P,B\""),
+        ));
+    }
+    Ok(Splits {
+        project: one(p)?,
+        backproject: one(b)?,
+    })
+}
+
+/// Device attribute `a` of `dev`.
+fn attribute(dev: sys::CUdevice, a: sys::CUdevice_attribute) -> Result<i32> {
+    let mut v = 0;
+    // SAFETY: writes one int.
+    check(
+        unsafe { sys::cuDeviceGetAttribute(&mut v, a, dev) },
+        "reading a device attribute",
+    )?;
+    Ok(v)
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` and loads the kernels.
+    ///
+    /// # Errors
+    /// `NoCuda` when there is no driver, no such device or a device older than compute
+    /// capability 8.0; `Cuda` when the module cannot be loaded; `InvalidArgument` for a
+    /// malformed `GAUSSSKIP_SPLITS`.
+    pub(crate) fn new(ordinal: usize, storage: EigvecStorage) -> Result<CudaBackend> {
+        // SAFETY: only tries to open the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::NoCuda(
+                "the CUDA driver library (libcuda.so / nvcuda.dll) was not found: install the NVIDIA driver, or use a CPU context".into(),
+            ));
+        }
+        let splits = splits_from_env()?;
+        let no_cuda = |what: &str| {
+            let what = what.to_string();
+            move |e: Error| Error::NoCuda(format!("{what}: {e}"))
+        };
+        // SAFETY: plain driver queries into locals.
+        let dev = unsafe {
+            check(sys::cuInit(0), "cuInit")
+                .map_err(no_cuda("the CUDA driver did not initialise"))?;
+            let mut count = 0;
+            check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")
+                .map_err(no_cuda("counting CUDA devices"))?;
+            if ordinal >= count.max(0) as usize {
+                return Err(Error::NoCuda(format!(
+                    "CUDA device {ordinal} was asked for, but {count} device(s) are visible"
+                )));
+            }
+            let mut dev: sys::CUdevice = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as i32), "cuDeviceGet")
+                .map_err(no_cuda("opening the CUDA device"))?;
+            dev
+        };
+        let mut buf = [0 as std::ffi::c_char; 256];
+        // SAFETY: the driver writes a NUL-terminated name of at most buf.len() bytes.
+        let name = unsafe {
+            if sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as i32, dev)
+                == sys::CUresult::CUDA_SUCCESS
+            {
+                CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+            } else {
+                format!("CUDA device {ordinal}")
+            }
+        };
+        use sys::CUdevice_attribute as A;
+        let major = attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if major < 8 {
+            return Err(Error::NoCuda(format!(
+                "{name} has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+            )));
+        }
+        let sms = attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
+        let mut ctx: sys::CUcontext = ptr::null_mut();
+        // SAFETY: retains the primary context; Device takes the retain over (or we release it).
+        check(
+            unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
+            "retaining the device's primary context",
+        )
+        .map_err(no_cuda(&format!(
+            "CUDA device {ordinal} could not be opened"
+        )))?;
+        let current = match Current::make(ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: releases the retain taken above.
+                let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(dev) };
+                return Err(e);
+            }
+        };
+        let device = Arc::new(Device::new(ctx, dev, ordinal)?);
+        // SAFETY: the context is current (`current`).
+        let kernels = unsafe { Kernels::load(ctx, storage, &name) }.map_err(|e| match e {
+            Error::Cuda(m) => Error::Cuda(format!("{m} (compute capability {major}.{minor})")),
+            e => e,
+        })?;
+        drop(current);
+        Ok(CudaBackend {
+            models: ModelCache::new(device.clone(), storage),
+            kernels,
+            device,
+            storage,
+            ordinal,
+            sms,
+            name,
+            splits,
+            poison: AtomicBool::new(false),
+        })
+    }
+
+    /// The device's name.
+    pub(crate) fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Fills every call's scratch with NaN before its kernels (tests: an unwritten or stale
+    /// scratch value then shows in the output).
+    pub(crate) fn set_poison_scratch(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Models on the device now.
+    pub(crate) fn models_on_device(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Bytes of the context's pool in use now.
+    pub(crate) fn device_bytes_in_use(&self) -> u64 {
+        self.device.used_bytes()
+    }
+
+    /// The device copy of `model`, uploading it outside capture.
+    fn device_model(&self, model: &Model, capturing: bool) -> Result<Arc<DeviceModel>> {
+        if let Some(m) = self.models.get(model) {
+            return Ok(m);
+        }
+        if capturing {
+            return Err(Error::arg(
+                "stream",
+                "the model is not on the device yet and is not uploaded during graph capture: run one call with it before capturing (PyTorch's warm-up does), or prepare it",
+            ));
+        }
+        // SAFETY: the caller made the context current.
+        unsafe { self.models.upload(model) }
+    }
+
+    /// Uploads `model` and checks that calls of up to `batch` rows and `slabs` output slabs
+    /// fit one launch, then warms the pool with their scratch on `stream`, so that such calls
+    /// can be captured in a graph.
+    ///
+    /// # Safety
+    /// `stream` is NULL or a live CUstream of this device.
+    pub(crate) unsafe fn prepare(
+        &self,
+        model: &Model,
+        batch: usize,
+        slabs: usize,
+        stream: *mut c_void,
+    ) -> Result<()> {
+        let _current = Current::make(self.device.ctx)?;
+        let stream = stream as sys::CUstream;
+        if capturing(stream)? {
+            return Err(Error::arg(
+                "stream",
+                "prepare must run outside graph capture",
+            ));
+        }
+        self.device_model(model, false)?;
+        let table = (batch + batch.max(slabs)) * std::mem::size_of::<GsLevel>();
+        let g = Geometry::new(
+            model.dim(),
+            model.rank(),
+            batch,
+            slabs,
+            self.storage,
+            self.sms,
+            self.splits,
+            table,
+        )?;
+        let p = self
+            .device
+            .alloc(g.layout.total, stream, "reserving scratch")?;
+        self.device.free(p, stream);
+        Ok(())
+    }
+
+    /// Drops the device copy of `model`; it is freed once the eager calls that used it are
+    /// done (nothing waits on the host). The next call with the model uploads it again.
+    pub(crate) fn release_model(&self, model: &Model) -> Result<()> {
+        let _current = Current::make(self.device.ctx)?;
+        self.models.forget(model.id());
+        Ok(())
+    }
+
+    /// Validates a device call and plans it: everything that can fail before any work.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn plan(
+        &self,
+        model: &Model,
+        op: &Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        capturing: bool,
+        splits: Splits,
+    ) -> Result<Call> {
+        let (d, r, slabs) = (model.dim(), model.rank(), op.slabs());
+        let bytes = |n: Option<usize>| {
+            n.and_then(|n| n.checked_mul(dtype.size()))
+                .ok_or_else(|| Error::arg("batch", "the buffer size overflows"))
+        };
+        let in_bytes = bytes(batch.checked_mul(d))?;
+        let out_bytes = bytes(batch.checked_mul(d).and_then(|n| n.checked_mul(slabs)))?;
+        pointers::check_buffer("x", x, in_bytes, self.ordinal)?;
+        pointers::check_buffer("out", out, out_bytes, self.ordinal)?;
+        let cond = precision::condition(
+            op,
+            batch,
+            model.eigvals(),
+            model.residual_var(),
+            r == d,
+            self.storage,
+        )?;
+        let levels = LevelPlan::new(op);
+        if capturing && !levels.table.is_empty() {
+            return Err(Error::arg(
+                "levels",
+                format!(
+                    "per-row levels and trajectories of more than {INLINE_LEVELS} levels are uploaded per call and cannot be captured in a graph; capture calls with one level for all rows"
+                ),
+            ));
+        }
+        let table_bytes = std::mem::size_of_val(levels.table.as_slice());
+        let geometry = Geometry::new(
+            d,
+            r,
+            batch,
+            slabs,
+            self.storage,
+            self.sms,
+            splits,
+            table_bytes,
+        )?;
+        let dm = self.device_model(model, capturing)?;
+        Ok(Call {
+            dm,
+            geometry,
+            levels,
+            residual_var: cond.residual_var,
+            dtype,
+            x: x as u64,
+            out: out as u64,
+            batch,
+            dim: d,
+            rank: r,
+            slabs,
+        })
+    }
+
+    /// Enqueues a planned call on `stream`: scratch, counters, levels, two launches, free.
+    /// With `timing`, records events before, between and after the launches.
+    unsafe fn enqueue(
+        &self,
+        call: &Call,
+        stream: sys::CUstream,
+        timing: Option<&[sys::CUevent; 3]>,
+    ) -> Result<()> {
+        let g = &call.geometry;
+        let l = &g.layout;
+        let dev = &self.device;
+        let scratch = dev.alloc(l.total, stream, "allocating scratch")?;
+        let run = || -> Result<()> {
+            if self.poison.load(Ordering::Relaxed) {
+                check(
+                    sys::cuMemsetD8Async(scratch, 0xFF, l.counters, stream),
+                    "poisoning scratch",
+                )?;
+            }
+            if l.counter_count > 0 {
+                check(
+                    sys::cuMemsetD32Async(scratch + l.counters as u64, 0, l.counter_count, stream),
+                    "zeroing tile counters",
+                )?;
+            }
+            if !call.levels.table.is_empty() {
+                let t = &call.levels.table;
+                let bytes = std::slice::from_raw_parts(
+                    t.as_ptr() as *const u8,
+                    std::mem::size_of_val(t.as_slice()),
+                );
+                dev.upload_staged(scratch + l.table as u64, bytes, stream)?;
+            }
+            let pointers = Pointers {
+                x: call.x,
+                out: call.out,
+                mean: call.dm.mean,
+                eigvals: call.dm.eigvals,
+                eigvecs: call.dm.eigvecs,
+                scratch,
+            };
+            let mut args = args::build(
+                &pointers,
+                g,
+                &call.levels,
+                call.batch,
+                call.dim,
+                call.rank,
+                call.slabs,
+                call.residual_var,
+            );
+            let mut params = [&mut args as *mut args::GsArgs as *mut c_void];
+            let record = |i: usize| -> Result<()> {
+                if let Some(ev) = timing {
+                    check(
+                        sys::cuEventRecord(ev[i], stream),
+                        "recording a timing event",
+                    )?;
+                }
+                Ok(())
+            };
+            record(0)?;
+            for (stage, launch, what) in [
+                (Stage::Project, g.project, "launching the projection"),
+                (
+                    Stage::Backproject,
+                    g.backproject,
+                    "launching the back-projection",
+                ),
+            ] {
+                let k = self.kernels.get(stage, call.dtype, launch.bm);
+                // SAFETY: the kernel takes one GsArgs by value (copied at launch); every pointer
+                // in it is a checked caller buffer, the model's device copy, or this call's
+                // scratch laid out by Geometry for exactly these grids.
+                check(
+                    sys::cuLaunchKernel(
+                        k.func,
+                        launch.blocks() as u32,
+                        1,
+                        launch.splits as u32,
+                        THREADS,
+                        1,
+                        1,
+                        0,
+                        stream,
+                        params.as_mut_ptr(),
+                        ptr::null_mut(),
+                    ),
+                    what,
+                )?;
+                record(if stage == Stage::Project { 1 } else { 2 })?;
+            }
+            Ok(())
+        };
+        let result = run();
+        dev.free(scratch, stream);
+        result
+    }
+
+    /// Runs `op` on device buffers on the caller's stream. The caller validated the levels,
+    /// the element counts and that `x` and `out` do not overlap.
+    ///
+    /// # Safety
+    /// `x` holds `batch * dim` and `out` `op.slabs() * batch * dim` elements of `dtype` in
+    /// device memory of this context; `stream` is NULL or a live CUstream of this device.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn apply_device(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        stream: *mut c_void,
+    ) -> Result<()> {
+        let _current = Current::make(self.device.ctx)?;
+        let stream = stream as sys::CUstream;
+        let capturing = capturing(stream)?;
+        let call = self.plan(model, &op, dtype, x, out, batch, capturing, self.splits)?;
+        self.enqueue(&call, stream, None)?;
+        if !capturing {
+            self.device.track(stream)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on host buffers: copies `x` to the device, runs on the context's own stream,
+    /// copies the result back (allocates per call: the convenience path, not the fast one).
+    /// `out` is written only after everything succeeded.
+    pub(crate) fn apply_host(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: &[u8],
+        out: &mut [u8],
+        batch: usize,
+    ) -> Result<()> {
+        let _current = Current::make(self.device.ctx)?;
+        let dev = &self.device;
+        let s = dev.stream;
+        let mut host = Vec::new();
+        host.try_reserve_exact(out.len())
+            .map_err(|_| Error::OutOfMemory(format!("{} bytes for the output", out.len())))?;
+        host.resize(out.len(), 0u8);
+        // SAFETY: the buffers are this call's own pool allocations of the stated sizes on the
+        // context's stream; the stream is drained before they are read or freed.
+        unsafe {
+            let dx = dev.alloc(x.len(), s, "allocating the input on the device")?;
+            let dout = match dev.alloc(out.len(), s, "allocating the output on the device") {
+                Ok(p) => p,
+                Err(e) => {
+                    dev.free(dx, s);
+                    return Err(e);
+                }
+            };
+            let result = check(
+                sys::cuMemcpyHtoDAsync_v2(dx, x.as_ptr() as *const c_void, x.len(), s),
+                "copying the input to the device",
+            )
+            .and_then(|_| {
+                self.apply_device(
+                    model,
+                    op,
+                    dtype,
+                    dx as *const c_void,
+                    dout as *mut c_void,
+                    batch,
+                    s as *mut c_void,
+                )
+            })
+            .and_then(|_| {
+                check(
+                    sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr() as *mut c_void, dout, out.len(), s),
+                    "copying the output to the host",
+                )
+            });
+            let drained = check(sys::cuStreamSynchronize(s), "running the kernels");
+            dev.free(dx, s);
+            dev.free(dout, s);
+            result?;
+            drained?;
+        }
+        out.copy_from_slice(&host);
+        Ok(())
+    }
+
+    /// Times the two launches of `reps` skips of device rows `x` into `out` on `stream` with
+    /// CUDA events (waits for them), with split counts `splits` (unset: the launcher's rule).
+    ///
+    /// # Safety
+    /// As [`CudaBackend::apply_device`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn time_skip_launches(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        stream: *mut c_void,
+        splits: Splits,
+        reps: usize,
+    ) -> Result<LaunchTimes> {
+        let _current = Current::make(self.device.ctx)?;
+        let stream = stream as sys::CUstream;
+        if capturing(stream)? {
+            return Err(Error::arg("stream", "timing runs outside graph capture"));
+        }
+        let splits = Splits {
+            project: splits.project.or(self.splits.project),
+            backproject: splits.backproject.or(self.splits.backproject),
+        };
+        let call = self.plan(model, &op, dtype, x, out, batch, false, splits)?;
+        let reps = reps.clamp(1, 1000);
+        let mut events: Vec<[sys::CUevent; 3]> = Vec::with_capacity(reps);
+        let result = (|| -> Result<LaunchTimes> {
+            for _ in 0..reps {
+                let mut trio = [ptr::null_mut(); 3];
+                for e in trio.iter_mut() {
+                    check(sys::cuEventCreate(e, 0), "creating a timing event")?;
+                }
+                events.push(trio);
+            }
+            for trio in &events {
+                self.enqueue(&call, stream, Some(trio))?;
+            }
+            self.device.track(stream)?;
+            check(
+                sys::cuEventSynchronize(events[reps - 1][2]),
+                "waiting for the timed launches",
+            )?;
+            let mut t = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
+            for trio in &events {
+                for (i, v) in t.iter_mut().enumerate() {
+                    let mut ms = 0f32;
+                    check(
+                        sys::cuEventElapsedTime_v2(&mut ms, trio[i], trio[i + 1]),
+                        "reading a launch time",
+                    )?;
+                    v.push(f64::from(ms));
+                }
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let g = &call.geometry;
+            let mut out = LaunchTimes::default();
+            for (i, (stage, launch)) in [
+                (Stage::Project, g.project),
+                (Stage::Backproject, g.backproject),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let k = self.kernels.get(stage, call.dtype, launch.bm);
+                out.ms[i] = median(&mut t[i]);
+                out.blocks[i] = launch.blocks() as u32;
+                out.splits[i] = launch.splits as u32;
+                out.block_rows[i] = launch.bm as u32;
+                out.blocks_per_sm[i] = k.blocks_per_sm;
+                out.waves[i] = (launch.blocks() * launch.splits) as f64
+                    / (self.sms * k.blocks_per_sm as usize) as f64;
+            }
+            Ok(out)
+        })();
+        for trio in &events {
+            for e in trio {
+                if !e.is_null() {
+                    let _ = sys::cuEventDestroy_v2(*e);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Eager work still queued may use the module and the models freed after this.
+        if let Ok(_current) = Current::make(self.device.ctx) {
+            // SAFETY: the context is current.
+            unsafe { self.device.quiesce() };
+        }
+    }
+}
+
+/// A validated, planned call.
+struct Call {
+    dm: Arc<DeviceModel>,
+    geometry: Geometry,
+    levels: LevelPlan,
+    residual_var: f64,
+    dtype: Dtype,
+    x: u64,
+    out: u64,
+    batch: usize,
+    dim: usize,
+    rank: usize,
+    slabs: usize,
+}
