@@ -256,6 +256,59 @@ fn check_rows(
     worst
 }
 
+/// A skip and a denoise, for the tests that run two things at once.
+fn two_ops() -> [Op<'static>; 2] {
+    [
+        Op::Skip {
+            from: Noise::edm(80.0).into(),
+            to: Noise::edm(2.0).into(),
+        },
+        Op::Denoise {
+            at: Noise::flow(0.6).into(),
+        },
+    ]
+}
+
+/// Two f32 inputs of `n` values: bytes and exact values.
+fn two_inputs(n: usize, rng: &mut Rng) -> Vec<(Vec<u8>, Vec<f64>)> {
+    (0..2)
+        .map(|_| {
+            let raw: Vec<f64> = rng.normals(n).iter().map(|v| 50.0 * v).collect();
+            encode(&raw, Dtype::F32)
+        })
+        .collect()
+}
+
+/// Waits for `streams[i]` and checks `outs[i]` (f32, f16 eigenvectors) against `ops[i]` on
+/// `inputs[i]`, for each i.
+fn check_streams(
+    label: &str,
+    streams: &[sys::CUstream],
+    outs: &[DevMem],
+    inputs: &[(Vec<u8>, Vec<f64>)],
+    model: &Model,
+    ops: &[Op<'_>],
+    batch: usize,
+) {
+    let g = Gaussian::from_model(model);
+    for i in 0..streams.len() {
+        unsafe { result::stream::synchronize(streams[i]) }.unwrap();
+        let out = decode(&outs[i].download(), Dtype::F32);
+        let reference = g.apply(ops[i], &inputs[i].1, batch).unwrap();
+        check_rows(
+            &format!("{label} {i}"),
+            &out,
+            &reference,
+            &inputs[i].1,
+            model,
+            ops[i],
+            batch,
+            EigvecStorage::F16,
+            Dtype::F32,
+        );
+    }
+}
+
 /// The operations every configuration runs: (label, op). Per-row levels borrow from `rows`.
 fn operations<'a>(
     from_rows: &'a [Noise],
@@ -647,29 +700,10 @@ fn two_graphs_replayed_concurrently_do_not_share_scratch() {
     let mut rng = Rng::new(22);
     let (dim, rank, batch) = (2049, 512, 3);
     let model = random_model(dim, rank, true, &mut rng);
-    let g = Gaussian::from_model(&model);
-    let ops = [
-        Op::Skip {
-            from: Noise::edm(80.0).into(),
-            to: Noise::edm(2.0).into(),
-        },
-        Op::Denoise {
-            at: Noise::flow(0.6).into(),
-        },
-    ];
+    let ops = two_ops();
     let streams = [stream(), stream()];
-    let inputs: Vec<(DevMem, Vec<f64>)> = (0..2)
-        .map(|_| {
-            let (bytes, exact) = encode(
-                &rng.normals(batch * dim)
-                    .iter()
-                    .map(|v| 50.0 * v)
-                    .collect::<Vec<_>>(),
-                Dtype::F32,
-            );
-            (DevMem::upload(&bytes), exact)
-        })
-        .collect();
+    let inputs = two_inputs(batch * dim, &mut rng);
+    let dx: Vec<DevMem> = inputs.iter().map(|(b, _)| DevMem::upload(b)).collect();
     let outs: Vec<DevMem> = (0..2).map(|_| DevMem::new(batch * dim * 4)).collect();
     let mut execs = Vec::new();
     for i in 0..2 {
@@ -680,7 +714,7 @@ fn two_graphs_replayed_concurrently_do_not_share_scratch() {
                 &model,
                 ops[i],
                 Dtype::F32,
-                inputs[i].0.cptr(),
+                dx[i].cptr(),
                 outs[i].mptr(),
                 batch,
                 streams[i] as *mut c_void,
@@ -697,24 +731,11 @@ fn two_graphs_replayed_concurrently_do_not_share_scratch() {
             unsafe { result::graph::launch(execs[i].1, streams[i]) }.expect("replay");
         }
     }
-    for i in 0..2 {
-        unsafe { result::stream::synchronize(streams[i]) }.unwrap();
-        let out = decode(&outs[i].download(), Dtype::F32);
-        let reference = g.apply(ops[i], &inputs[i].1, batch).unwrap();
-        check_rows(
-            &format!("graph {i}"),
-            &out,
-            &reference,
-            &inputs[i].1,
-            &model,
-            ops[i],
-            batch,
-            EigvecStorage::F16,
-            Dtype::F32,
-        );
+    check_streams("graph", &streams, &outs, &inputs, &model, &ops, batch);
+    for (graph, exec) in execs {
         unsafe {
-            result::graph::exec_destroy(execs[i].1).unwrap();
-            result::graph::destroy(execs[i].0).unwrap();
+            result::graph::exec_destroy(exec).unwrap();
+            result::graph::destroy(graph).unwrap();
         }
     }
 }
@@ -730,26 +751,8 @@ fn streams_in_flight_and_per_thread_default_streams_do_not_share_scratch() {
     let (dim, rank, batch) = (2049, 512, 3);
     let model = Arc::new(random_model(dim, rank, true, &mut rng));
     let g = Gaussian::from_model(&model);
-    let ops = [
-        Op::Skip {
-            from: Noise::edm(80.0).into(),
-            to: Noise::edm(2.0).into(),
-        },
-        Op::Denoise {
-            at: Noise::flow(0.6).into(),
-        },
-    ];
-    let inputs: Vec<(Vec<u8>, Vec<f64>)> = (0..2)
-        .map(|_| {
-            encode(
-                &rng.normals(batch * dim)
-                    .iter()
-                    .map(|v| 50.0 * v)
-                    .collect::<Vec<_>>(),
-                Dtype::F32,
-            )
-        })
-        .collect();
+    let ops = two_ops();
+    let inputs = two_inputs(batch * dim, &mut rng);
     // Two explicit streams, interleaved without waiting: each stream's last call wins.
     let streams = [stream(), stream()];
     let dx: Vec<DevMem> = inputs.iter().map(|(b, _)| DevMem::upload(b)).collect();
@@ -773,22 +776,7 @@ fn streams_in_flight_and_per_thread_default_streams_do_not_share_scratch() {
             .expect("call");
         }
     }
-    for i in 0..2 {
-        unsafe { result::stream::synchronize(streams[i]) }.unwrap();
-        let out = decode(&outs[i].download(), Dtype::F32);
-        let reference = g.apply(ops[i], &inputs[i].1, batch).unwrap();
-        check_rows(
-            &format!("stream {i}"),
-            &out,
-            &reference,
-            &inputs[i].1,
-            &model,
-            ops[i],
-            batch,
-            EigvecStorage::F16,
-            Dtype::F32,
-        );
-    }
+    check_streams("stream", &streams, &outs, &inputs, &model, &ops, batch);
     // Two threads on cudaStreamPerThread (the same handle, different streams).
     const PER_THREAD: usize = 2; // CU_STREAM_PER_THREAD
     let handles: Vec<_> = (0..2)
