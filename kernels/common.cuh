@@ -7,11 +7,14 @@
  * Layouts (all row-major):
  *   x        (batch, dim)              XT = float | __half | __nv_bfloat16
  *   out      (slabs * batch, dim)      XT, slab after slab
- *   mean     (dim)                     float
- *   eigvecs  (rank, dim)               UT = __half (default) | float; row k is u_k
- *   eigvals  (rank)                    double
+ *   per component (GsComponent): mean (dim) float, eigvecs (rank, dim) UT = __half (default) |
+ *            float with row k = u_k, eigvals (rank) double, its residual variance
+ * Rows are processed in groups of one component (a call with one component for all rows is
+ * one group); q rows are ordered group by group, and within a group slab by slab:
+ *   q row of (slab s, group g, row p of the group) = g.first * slabs + s * g.count + p.
  *   part     (splits, rowpad, rpad)    float, launch 1's split-K partial projections; then
- *            (splits2, rowpad2, cpad)  launch 2's split-K partial outputs (same buffer)
+ *            (splits2, rowpad2, cpad)  launch 2's split-K partial outputs (same buffer), by
+ *                                      the launch's global row tile
  *   q        (slabs * batch, rq)       UT, weighted projections P .* W; with f16 eigenvectors
  *                                      each row's 64-mode tile t holds (P .* W) * 2^-qexp
  *   qexp     (slabs * batch, mode_tiles)  int, those power-of-two exponents (f16 path)
@@ -38,28 +41,69 @@ struct GsLevel {
     double alpha, sigma;
 };
 
+/* One Gaussian of the model (a class component), on the device. */
+struct GsComponent {
+    const float *mean;     /* (dim) */
+    const void *eigvecs;   /* (rank, dim), UT */
+    const double *eigvals; /* (rank) */
+    long long rank;
+};
+static_assert(sizeof(GsComponent) == 32, "GsComponent must match src/backend/cuda/args.rs");
+
+/* The rows of one component in a call: positions first .. first + count - 1 of the call's row
+ * order (rows sorted by component), the first row tile of each launch that covers them, and
+ * the residual variance the launcher chose for the call (the model's, or for a full-rank
+ * component the one that keeps the precision bound; see src/backend/cuda/precision.rs). */
+struct GsGroup {
+    long long first, count, tile1, tile2;
+    long long component;
+    double residual_var;
+};
+static_assert(sizeof(GsGroup) == 48, "GsGroup must match src/backend/cuda/args.rs");
+
 struct GsArgs {
     const void *x;
     void *out;
-    const float *mean;
-    const void *eigvecs;
-    const double *eigvals;
+    const GsComponent *components; /* the model's components */
+    const GsGroup *groups;         /* NULL: one group, every row with component `component` */
+    const long long *order;        /* row order: position -> row of x (NULL: identity) */
+    const int *tile_group1;        /* launch 1 row tile -> group (with groups) */
+    const int *tile_group2;        /* launch 2 row tile -> group (with groups) */
     float *part;
     void *q;
     int *qexp;
     unsigned int *counters;
     const GsLevel *from_table; /* per-row source levels, or NULL: use `from` */
     const GsLevel *to_table;   /* targets: per row (to_per_row) or per slab; NULL: use `to` */
-    long long batch, dim, rank, rq, rpad, rowpad; /* rpad, rowpad: launch 1's padded tile grid */
+    long long batch, dim, rank, rq, rpad, rowpad; /* rank: the largest component rank */
     long long cpad, rowpad2;                     /* launch 2's padded tile grid (columns, rows) */
     long long row_tiles1, row_tiles2;            /* row tiles of launch 1 and launch 2 */
     int kind, slabs, splits, to_per_row;
     int splits2, mode_tiles;
+    long long component; /* without groups: every row's component and its residual variance */
     double residual_var;
     GsLevel from;
     GsLevel to[GS_INLINE_LEVELS];
 };
-static_assert(sizeof(GsArgs) == 472, "GsArgs must match src/backend/cuda/args.rs");
+static_assert(sizeof(GsArgs) == 496, "GsArgs must match src/backend/cuda/args.rs");
+
+/* The group a block's row tile belongs to, with its component. */
+struct GsGroupView {
+    GsComponent c;
+    long long first, count, tile0;
+    double resid;
+};
+
+__device__ __forceinline__ GsGroupView gs_group(const GsArgs &a, long long row_tile, bool second) {
+    if (!a.groups) return GsGroupView{a.components[a.component], 0, a.batch, 0, a.residual_var};
+    const GsGroup g = a.groups[(second ? a.tile_group2 : a.tile_group1)[row_tile]];
+    return GsGroupView{a.components[g.component], g.first, g.count, second ? g.tile2 : g.tile1, g.residual_var};
+}
+
+/* The row of x at position `pos` of the call's row order. */
+__device__ __forceinline__ long long gs_source_row(const GsArgs &a, long long pos) {
+    return a.order ? a.order[pos] : pos;
+}
 
 /* ---- element conversions ---- */
 __device__ __forceinline__ float gs_to_f32(float v) { return v; }
@@ -112,11 +156,13 @@ __device__ __forceinline__ double gs_row_c(const GsArgs &a, long long row) {
     return a.kind == GS_OP_DENOISE ? gs_to_level(a, 0, row).alpha : gs_from_level(a, row).alpha;
 }
 
-/* Per output row m = slab * batch + row: the mean coefficient a and the off-subspace gain b. */
-__device__ __forceinline__ void gs_row_ab(const GsArgs &a, int slab, long long row, double *ca, double *cb) {
+/* Output slab `slab` of batch row `row`: the mean coefficient a and the off-subspace gain b for
+ * a component of residual variance `resid`. */
+__device__ __forceinline__ void gs_row_ab(const GsArgs &a, int slab, long long row, double resid, double *ca,
+                                          double *cb) {
     GsLevel from = gs_from_level(a, row), to = gs_to_level(a, slab, row);
     *ca = (a.kind == GS_OP_SKIP || a.kind == GS_OP_SKIP_TRAJ) ? to.alpha : 1.0;
-    *cb = gs_gain<double>(a.kind, from, to, a.residual_var);
+    *cb = gs_gain<double>(a.kind, from, to, resid);
 }
 
 /* ---- tiles ---- */

@@ -36,6 +36,12 @@
  * Warps: f16 path, the 4 warps form a (BM/32) x (4/(BM/32)) grid, each owning 32 rows and
  *   64/(4/(BM/32)) columns: BM = 32, 2 fragments; BM = 64, 4; BM = 128, 8. f32 path: thread (tm, tn) of an
  *   8 x 16 grid owns rows tm*BM/8.. (BM/8 of them) and columns tn, tn+16, tn+32, tn+48.
+ * Components: a model may hold several Gaussians (one per class). The rows of a call are taken
+ *   in groups of one component (positions first .. first+count-1 of the call's row order, rows
+ *   sorted by component, table `order`); every row tile of either launch lies in one group
+ *   (tables tile_group1/2) and uses that component's mean, eigenvectors, eigenvalues and
+ *   residual variance. A call with one component for every row is one group and needs no
+ *   table (capturable). Mode tiles past a component's rank exit at once.
  * Sizes: any batch, dim, rank <= dim; tiles are bounds-checked (zero fill), 16-byte loads where
  *   the leading dimension allows (dim % 8 == 0 for f16, % 4 for f32), single elements otherwise.
  *
@@ -172,28 +178,28 @@ template <typename XT, typename UT, int BM> struct GsRows {
     static_assert(GS_THREADS % S::BK == 0 && BM % RSTEP == 0, "rows must split evenly");
     XT reg[PER];
 
-    __device__ __forceinline__ void load(const XT *x, long long dim, long long row0, long long k0, long long batch,
+    /* Row m of the tile is row src[m] of x (-1: none). */
+    __device__ __forceinline__ void load(const XT *x, long long dim, const long long *src, long long k0,
                                          long long kend) {
         const int mr = threadIdx.x / S::BK;
         const long long k = k0 + threadIdx.x % S::BK;
-        const XT *p = x + (row0 + mr) * dim + k;
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
-            const bool in = k < kend && row0 + mr + i * RSTEP < batch;
-            reg[i] = in ? p[(long long)i * RSTEP * dim] : gs_from_f32<XT>(0.f);
+            const long long r = src[mr + i * RSTEP];
+            reg[i] = (k < kend && r >= 0) ? x[r * dim + k] : gs_from_f32<XT>(0.f);
         }
     }
 
     /* y = x - c mean of each row, times 2^-row_e (f16 path; see gs_project). */
     __device__ __forceinline__ void store(UT *s, const float *mean, const float *row_c, const int *row_e,
-                                          long long row0, long long k0, long long batch, long long kend) const {
+                                          const long long *src, long long k0, long long kend) const {
         const int mr = threadIdx.x / S::BK, kk = threadIdx.x % S::BK;
         const bool kin = k0 + kk < kend;
         const float mu = kin ? __ldg(mean + k0 + kk) : 0.f;
 #pragma unroll
         for (int i = 0; i < PER; ++i) {
             const int m = mr + i * RSTEP;
-            float y = (kin && row0 + m < batch) ? gs_to_f32(reg[i]) - row_c[m] * mu : 0.f;
+            float y = (kin && src[m] >= 0) ? gs_to_f32(reg[i]) - row_c[m] * mu : 0.f;
             if constexpr (S::TC) y = ldexpf(y, -row_e[m]);
             s[m * S::LDK + kk] = gs_from_f32<UT>(y);
         }
@@ -233,9 +239,8 @@ __device__ __forceinline__ bool gs_split_reduce(float *cs, float *part, unsigned
 /* ---- launch 1: projection, split-K, weights ---- */
 
 /* Weight of mode k in output slab s for batch row r: gain(lambda_k) - gain(residual_var). */
-__device__ __forceinline__ float gs_weight(const GsArgs &a, int s, long long r, long long k, float resid) {
+__device__ __forceinline__ float gs_weight(const GsArgs &a, int s, long long r, float lambda, float resid) {
     const GsLevel from = gs_from_level(a, r), to = gs_to_level(a, s, r);
-    const float lambda = (float)a.eigvals[k];
     return gs_gain<float>(a.kind, from, to, lambda) - gs_gain<float>(a.kind, from, to, resid);
 }
 
@@ -247,33 +252,39 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     __shared__ float row_c[BM];
     __shared__ int row_e[BM];              /* f16 path: the row's power-of-two scale (y, then q) */
     __shared__ unsigned int row_max[BM];   /* f16 path: bits of the row's largest |value| */
+    __shared__ long long row_src[BM];      /* the row of x, -1 past the group */
     UT *ys = reinterpret_cast<UT *>(smem);
     UT *es = ys + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
 
-    const long long batch = a.batch, dim = a.dim, rank = a.rank;
-    const long long mt = blockIdx.x / a.row_tiles1;
-    const long long row0 = (blockIdx.x % a.row_tiles1) * BM, n0 = mt * GS_BN;
+    const long long dim = a.dim;
+    const long long rt = blockIdx.x % a.row_tiles1, mt = blockIdx.x / a.row_tiles1;
+    const GsGroupView g = gs_group(a, rt, false);
+    const long long rank = g.c.rank, n0 = mt * GS_BN;
+    if (n0 >= rank) return; /* a component with fewer modes than the largest: no such tile */
+    const long long row0 = (rt - g.tile0) * BM; /* first row of the tile within its group */
     const long long chunks = (dim + S::BK - 1) / S::BK, per_split = (chunks + a.splits - 1) / a.splits;
     const long long kbeg = blockIdx.z * per_split * S::BK;
     const long long kend = min(dim, kbeg + per_split * S::BK);
     const XT *x = static_cast<const XT *>(a.x);
-    const UT *eig = static_cast<const UT *>(a.eigvecs);
+    const UT *eig = static_cast<const UT *>(g.c.eigvecs);
     const bool vec = gs_vec_ok<UT>(eig, dim);
 
     if (threadIdx.x < BM) {
-        const long long r = row0 + threadIdx.x;
-        row_c[threadIdx.x] = r < batch ? (float)gs_row_c(a, r) : 0.f;
+        const long long p = row0 + threadIdx.x;
+        const long long r = p < g.count ? gs_source_row(a, g.first + p) : -1;
+        row_src[threadIdx.x] = r;
+        row_c[threadIdx.x] = r >= 0 ? (float)gs_row_c(a, r) : 0.f;
         row_e[threadIdx.x] = 0;
         row_max[threadIdx.x] = 0u;
     }
+    __syncthreads();
     if constexpr (S::TC) {
-        __syncthreads();
-        for (int m = 0; m < BM && row0 + m < batch; ++m) {
-            const XT *xr = x + (row0 + m) * dim;
+        for (int m = 0; m < BM && row_src[m] >= 0; ++m) {
+            const XT *xr = x + row_src[m] * dim;
             float v = 0.f;
             for (long long k = kbeg + threadIdx.x; k < kend; k += GS_THREADS)
-                v = fmaxf(v, fabsf(gs_to_f32(xr[k]) - row_c[m] * __ldg(a.mean + k)));
+                v = fmaxf(v, fabsf(gs_to_f32(xr[k]) - row_c[m] * __ldg(g.c.mean + k)));
             gs_max_abs(&row_max[m], v);
         }
         __syncthreads();
@@ -284,15 +295,15 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     acc.zero();
     GsRows<XT, UT, BM> rows;
     GsTile<UT, GS_BN, S::BK, S::LDK> etile;
-    rows.load(x, dim, row0, kbeg, batch, kend);
+    rows.load(x, dim, row_src, kbeg, kend);
     etile.load(eig, dim, n0, kbeg, rank, kend, vec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
-        __syncthreads(); /* previous chunk consumed (and row_c, row_e written, first time) */
-        rows.store(ys, a.mean, row_c, row_e, row0, k0, batch, kend);
+        __syncthreads(); /* previous chunk consumed (and row_e written, first time) */
+        rows.store(ys, g.c.mean, row_c, row_e, row_src, k0, kend);
         etile.store(es);
         __syncthreads();
         if (k0 + S::BK < kend) { /* next chunk's reads in flight during the products */
-            rows.load(x, dim, row0, k0 + S::BK, batch, kend);
+            rows.load(x, dim, row_src, k0 + S::BK, kend);
             etile.load(eig, dim, n0, k0 + S::BK, rank, kend, vec);
         }
         acc.template mma<false>(ys, es);
@@ -309,37 +320,39 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     }
 
     if (a.splits > 1 &&
-        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits, a.rowpad, a.rpad, row0, n0))
+        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits, a.rowpad, a.rpad, rt * BM, n0))
         return;
 
     /* Q = P .* W for every output slab. With f16 eigenvectors each row of the tile is stored
      * times 2^-e, e chosen so that its largest |Q| is below 1, and e goes to qexp. */
     UT *q = static_cast<UT *>(a.q);
-    const float resid = (float)a.residual_var;
+    const float resid = (float)g.resid;
+    const long long qbase = g.first * a.slabs + row0;
     for (int s = 0; s < a.slabs; ++s) {
         if constexpr (S::TC) {
             if (threadIdx.x < BM) row_max[threadIdx.x] = 0u;
             __syncthreads();
             for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
                 const int m = e / GS_BN, n = e % GS_BN;
-                const long long r = row0 + m, k = n0 + n;
-                if (r < batch && k < rank) gs_max_abs(&row_max[m], cs[m * GS_LDC + n] * gs_weight(a, s, r, k, resid));
+                const long long r = row_src[m], k = n0 + n;
+                if (r >= 0 && k < rank)
+                    gs_max_abs(&row_max[m], cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid));
             }
             __syncthreads();
             if (threadIdx.x < BM) {
-                const long long r = row0 + threadIdx.x;
                 row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
-                if (r < batch) a.qexp[((long long)s * batch + r) * a.mode_tiles + mt] = row_e[threadIdx.x];
+                if (row_src[threadIdx.x] >= 0)
+                    a.qexp[(qbase + s * g.count + threadIdx.x) * a.mode_tiles + mt] = row_e[threadIdx.x];
             }
             __syncthreads();
         }
         for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
             const int m = e / GS_BN, n = e % GS_BN;
-            const long long r = row0 + m, k = n0 + n;
-            if (r >= batch || k >= rank) continue;
-            float v = cs[m * GS_LDC + n] * gs_weight(a, s, r, k, resid);
+            const long long r = row_src[m], k = n0 + n;
+            if (r < 0 || k >= rank) continue;
+            float v = cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid);
             if constexpr (S::TC) v = ldexpf(v, -row_e[m]);
-            q[((long long)s * batch + r) * a.rq + k] = gs_from_f32<UT>(v);
+            q[(qbase + s * g.count + m) * a.rq + k] = gs_from_f32<UT>(v);
         }
         if constexpr (S::TC) __syncthreads(); /* row_e and row_max are reused by the next slab */
     }
@@ -347,16 +360,17 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
 
 /* ---- launch 2: weighted back-projection and epilogue ---- */
 
-/* Stages the f16 q chunk of 64-mode tile t (raw in `tile`'s registers) into shared memory, each
- * row brought from its tile exponent to the row exponent row_e (>= it): a factor 2^-delta <= 1. */
+/* Stages the f16 q chunk of 64-mode tile t (raw in `tile`'s registers; q rows r0 .. of which
+ * those below `rows` exist) into shared memory, each row brought from its tile exponent to the
+ * row exponent row_e (>= it): a factor 2^-delta <= 1. */
 template <int BM, int LDS>
 __device__ __forceinline__ void gs_store_q(const GsTile<__half, BM, GS_BN, LDS> &tile, __half *s, const GsArgs &a,
-                                           long long m0, long long rows, long long t, const int *row_e) {
+                                           long long r0, long long rows, long long t, const int *row_e) {
     using Tile = GsTile<__half, BM, GS_BN, LDS>;
 #pragma unroll
     for (int i = 0; i < Tile::PER; ++i) {
         const int v = threadIdx.x + i * GS_THREADS, m = v / Tile::VPR;
-        const int delta = m0 + m < rows ? __ldg(a.qexp + (m0 + m) * a.mode_tiles + t) - row_e[m] : 0;
+        const int delta = r0 + m < rows ? __ldg(a.qexp + (r0 + m) * a.mode_tiles + t) - row_e[m] : 0;
         const float f = ldexpf(1.f, delta);
         __half *dst = s + m * LDS + (v % Tile::VPR) * Tile::V;
 #pragma unroll
@@ -370,31 +384,42 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     constexpr int C_BYTES = BM * GS_LDC * (int)sizeof(float);
     __shared__ __align__(128) unsigned char smem[TILE_BYTES > C_BYTES ? TILE_BYTES : C_BYTES];
     __shared__ float row_a[BM], row_b[BM], row_c[BM];
-    __shared__ int row_e[BM]; /* f16 path: the largest q tile exponent of the row in this split */
+    __shared__ int row_e[BM];          /* f16 path: the largest q tile exponent of the row in this split */
+    __shared__ long long row_src[BM];  /* the row of x, -1 past the group */
+    __shared__ long long row_out[BM];  /* the row of out */
     UT *qs = reinterpret_cast<UT *>(smem);
     UT *es = qs + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
 
-    const long long batch = a.batch, dim = a.dim, rank = a.rank, rows = (long long)a.slabs * batch;
-    const long long m0 = (blockIdx.x % a.row_tiles2) * BM, n0 = (blockIdx.x / a.row_tiles2) * GS_BN;
+    const long long batch = a.batch, dim = a.dim;
+    const long long rt = blockIdx.x % a.row_tiles2, n0 = (blockIdx.x / a.row_tiles2) * GS_BN;
+    const GsGroupView g = gs_group(a, rt, true);
+    const long long rank = g.c.rank, rows = (long long)a.slabs * g.count; /* the group's output rows */
+    const long long m0 = (rt - g.tile0) * BM, qbase = g.first * a.slabs; /* q rows qbase .. + rows */
     const UT *q = static_cast<const UT *>(a.q);
-    const UT *eig = static_cast<const UT *>(a.eigvecs);
+    const UT *eig = static_cast<const UT *>(g.c.eigvecs);
     const bool qvec = gs_vec_ok<UT>(q, a.rq), evec = gs_vec_ok<UT>(eig, dim);
 
     if (threadIdx.x < BM) {
-        const long long m = m0 + threadIdx.x;
+        const long long lm = m0 + threadIdx.x;
         double ca = 0.0, cb = 0.0, cc = 0.0;
-        if (m < rows) {
-            gs_row_ab(a, (int)(m / batch), m % batch, &ca, &cb);
-            cc = gs_row_c(a, m % batch);
+        long long src = -1, dst = -1;
+        if (lm < rows) {
+            const int slab = (int)(lm / g.count);
+            src = gs_source_row(a, g.first + lm % g.count);
+            dst = slab * batch + src;
+            gs_row_ab(a, slab, src, g.resid, &ca, &cb);
+            cc = gs_row_c(a, src);
         }
         row_a[threadIdx.x] = (float)ca;
         row_b[threadIdx.x] = (float)cb;
         row_c[threadIdx.x] = (float)cc;
+        row_src[threadIdx.x] = src;
+        row_out[threadIdx.x] = dst;
         row_e[threadIdx.x] = -1000; /* below any tile exponent (they are clamped to +-120) */
     }
 
-    const long long chunks = (rank + S::BK - 1) / S::BK, per_split = (chunks + a.splits2 - 1) / a.splits2;
+    const long long chunks = (a.rank + S::BK - 1) / S::BK, per_split = (chunks + a.splits2 - 1) / a.splits2;
     const long long kbeg = blockIdx.z * per_split * S::BK;
     const long long kend = min(rank, kbeg + per_split * S::BK);
     if constexpr (S::TC) {
@@ -403,7 +428,8 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
         const long long t0 = kbeg / GS_BN, nt = kend > kbeg ? (kend - kbeg + GS_BN - 1) / GS_BN : 0;
         for (long long i = threadIdx.x; i < BM * nt; i += GS_THREADS) {
             const long long m = i / nt;
-            if (m0 + m < rows) atomicMax(&row_e[m], __ldg(a.qexp + (m0 + m) * a.mode_tiles + t0 + i % nt));
+            if (m0 + m < rows)
+                atomicMax(&row_e[m], __ldg(a.qexp + (qbase + m0 + m) * a.mode_tiles + t0 + i % nt));
         }
     }
 
@@ -411,18 +437,18 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     acc.zero();
     GsTile<UT, BM, S::BK, S::LDK> qtile;
     GsTile<UT, S::BK, GS_BN, S::LDN> etile;
-    qtile.load(q, a.rq, m0, kbeg, rows, kend, qvec);
+    qtile.load(q, a.rq, qbase + m0, kbeg, qbase + rows, kend, qvec);
     etile.load(eig, dim, kbeg, n0, kend, dim, evec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
         __syncthreads(); /* previous chunk consumed (and the row scalars written, first time) */
         if constexpr (S::TC)
-            gs_store_q<BM, S::LDK>(qtile, qs, a, m0, rows, k0 / GS_BN, row_e);
+            gs_store_q<BM, S::LDK>(qtile, qs, a, qbase + m0, qbase + rows, k0 / GS_BN, row_e);
         else
             qtile.store(qs);
         etile.store(es);
         __syncthreads();
         if (k0 + S::BK < kend) {
-            qtile.load(q, a.rq, m0, k0 + S::BK, rows, kend, qvec);
+            qtile.load(q, a.rq, qbase + m0, k0 + S::BK, qbase + rows, kend, qvec);
             etile.load(eig, dim, k0 + S::BK, n0, kend, dim, evec);
         }
         acc.template mma<true>(qs, es);
@@ -438,18 +464,18 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
         __syncthreads();
     }
     if (a.splits2 > 1 &&
-        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits2, a.rowpad2, a.cpad, m0, n0))
+        !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits2, a.rowpad2, a.cpad, rt * BM, n0))
         return;
 
     const XT *x = static_cast<const XT *>(a.x);
     XT *out = static_cast<XT *>(a.out);
     for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
         const int m = e / GS_BN, n = e % GS_BN;
-        const long long gm = m0 + m, gn = n0 + n;
-        if (gm >= rows || gn >= dim) continue;
-        const float mu = __ldg(a.mean + gn);
-        const float y = gs_to_f32(x[(gm % batch) * dim + gn]) - row_c[m] * mu;
-        out[gm * dim + gn] = gs_from_f32<XT>(row_a[m] * mu + row_b[m] * y + cs[m * GS_LDC + n]);
+        const long long gn = n0 + n;
+        if (row_out[m] < 0 || gn >= dim) continue;
+        const float mu = __ldg(g.c.mean + gn);
+        const float y = gs_to_f32(x[row_src[m] * dim + gn]) - row_c[m] * mu;
+        out[row_out[m] * dim + gn] = gs_from_f32<XT>(row_a[m] * mu + row_b[m] * y + cs[m * GS_LDC + n]);
     }
 }
 

@@ -113,6 +113,8 @@ struct Case {
     Inputs inputs = Normal;
     int force1 = 0, force2 = 0; // split counts; 0 = the launcher's rule
     double from_sigma = 0, to_sigma = 0; // uniform EDM levels instead of the defaults
+    int components = 1;   // Gaussians in the model (ranks r, r - 13, r - 26, ...)
+    int row_component = 0; // the component of every row, or -1: a random one per row
 };
 
 // The launcher's precision bound (src/backend/cuda/precision.rs): the amplification
@@ -146,26 +148,51 @@ static long split_rule(long tiles, long chunks, int sms) {
 
 struct Result { bool ok; std::string line; };
 
+// One Gaussian of the model, as the reference and the kernels see it.
+struct Comp {
+    int r;
+    std::vector<double> E, lam, mu; // E: the f32-rounded eigenvectors, exactly
+    std::vector<float> Ef, meanf;
+    std::vector<__half> Eh;
+    std::vector<double> eig64;
+    double resid = 0, resid_k = 0; // the model's residual variance; the one passed to the kernels
+};
+
+static Comp make_component(const Case &c, int k, std::mt19937_64 &rng) {
+    std::normal_distribution<double> N(0, 1);
+    const int d = c.d, r = std::max(1, c.r - 13 * k);
+    Comp m;
+    m.r = r;
+    m.E.resize((size_t)r * d), m.lam.resize(r), m.mu.resize(d);
+    // DCT-II orthonormal rows with a sign pattern of the component's own
+    for (int q = 0; q < r; ++q)
+        for (int j = 0; j < d; ++j)
+            m.E[(size_t)q * d + j] =
+                std::sqrt((q ? 2.0 : 1.0) / d) * std::cos(M_PI * (j + 0.5) * q / d) * (j % (3 + k) ? 1 : -1);
+    // flat: every mode carries a comparable weight (4 down to 2), so dropping any changes rows
+    for (int q = 0; q < r; ++q)
+        m.lam[q] = (c.spectrum == Flat ? 4.0 - 2.0 * q / r : 20 * std::exp(-q / (r / 6.0)) + 0.01) * (1 + 0.3 * k);
+    for (auto &v : m.mu) v = 0.5 * N(rng) + k;
+    m.Ef.assign(m.E.begin(), m.E.end());
+    m.Eh.resize(m.E.size());
+    for (size_t i = 0; i < m.E.size(); ++i) m.Eh[i] = __float2half_rn(m.Ef[i]);
+    // the device stores eigenvectors rounded to its type; the reference uses the model's f32
+    // eigenvectors, as the library's f64 reference does
+    for (size_t i = 0; i < m.E.size(); ++i) m.E[i] = m.Ef[i];
+    m.meanf.assign(m.mu.begin(), m.mu.end());
+    m.eig64 = m.lam;
+    m.resid = r < d && c.inputs != Renoise ? (c.spectrum == Flat ? 0.5 : 0.005) : 0.0;
+    return m;
+}
+
 static Result run_case(const Case &c, std::mt19937_64 &rng) {
     std::normal_distribution<double> N(0, 1);
     std::uniform_real_distribution<double> U(0, 1);
-    const int d = c.d, r = c.r, B = c.batch, S = c.slabs, sms = 2;
-    // DCT-II orthonormal rows with a sign pattern, eigenvalues, mean
-    std::vector<double> E((size_t)r * d), lam(r), mu(d);
-    for (int k = 0; k < r; ++k)
-        for (int j = 0; j < d; ++j)
-            E[(size_t)k * d + j] =
-                std::sqrt((k ? 2.0 : 1.0) / d) * std::cos(M_PI * (j + 0.5) * k / d) * (j % 3 ? 1 : -1);
-    // flat: every mode carries a comparable weight (4 down to 2), so dropping any changes rows
-    for (int k = 0; k < r; ++k) lam[k] = c.spectrum == Flat ? 4.0 - 2.0 * k / r : 20 * std::exp(-k / (r / 6.0)) + 0.01;
-    for (auto &m : mu) m = 0.5 * N(rng);
-    std::vector<float> Ef(E.begin(), E.end());
-    std::vector<__half> Eh(E.size());
-    for (size_t i = 0; i < E.size(); ++i) Eh[i] = __float2half_rn(Ef[i]);
-    // the device stores eigenvectors rounded to its type; the reference uses the model's f32
-    // eigenvectors, as the library's f64 reference does
-    for (size_t i = 0; i < E.size(); ++i) E[i] = Ef[i];
-    const double resid = r < d && c.inputs != Renoise ? (c.spectrum == Flat ? 0.5 : 0.005) : 0.0;
+    const int d = c.d, B = c.batch, S = c.slabs, K = c.components, sms = 2;
+    std::vector<Comp> comps;
+    for (int k = 0; k < K; ++k) comps.push_back(make_component(c, k, rng));
+    std::vector<int> comp_of(B);
+    for (auto &k : comp_of) k = c.row_component >= 0 ? c.row_component : int(U(rng) * K) % K;
     std::vector<Lv> from_rows(B), to_rows(B), levels(S);
     for (auto &l : from_rows) l = {1.0, 5 + 75 * U(rng)};
     for (auto &l : to_rows) l = {0.5 + U(rng), 0.2 + 3 * U(rng)};
@@ -175,78 +202,108 @@ static Result run_case(const Case &c, std::mt19937_64 &rng) {
     if (c.from_sigma > 0) from_u = {1.0, c.from_sigma};
     if (c.to_sigma > 0) to_u = {1.0, c.to_sigma};
     const double xscale = c.inputs == Huge ? 1e6 : c.inputs == NearF16Max ? 2e4 : c.inputs == Renoise ? 2.0 : 30.0;
+    auto from_of = [&](int i) { return c.from_rows ? from_rows[i] : from_u; };
+    auto to_of = [&](int i, int s) {
+        return (c.kind == GS_OP_SKIP || c.kind == GS_OP_DENOISE) ? (c.to_rows ? to_rows[i] : to_u) : levels[s];
+    };
 
-    // the launcher's bound and its residual for the kernels
-    std::vector<std::pair<Lv, Lv>> pairs;
-    for (int i = 0; i < B; ++i)
-        for (int s = 0; s < S; ++s) {
-            Lv f = c.from_rows ? from_rows[i] : from_u;
-            Lv t = (c.kind == GS_OP_SKIP || c.kind == GS_OP_DENOISE) ? (c.to_rows ? to_rows[i] : to_u) : levels[s];
-            pairs.push_back({c.kind == GS_OP_DENOISE ? Lv{0.0, 1.0} : f, t});
+    // the launcher's bound, component by component, and the residual each passes the kernels
+    double kappa = 0;
+    for (int k = 0; k < K; ++k) {
+        Comp &m = comps[k];
+        std::vector<std::pair<Lv, Lv>> pairs;
+        for (int i = 0; i < B; ++i)
+            for (int s = 0; s < S && comp_of[i] == k; ++s)
+                pairs.push_back({c.kind == GS_OP_DENOISE ? Lv{0.0, 1.0} : from_of(i), to_of(i, s)});
+        const double lo = *std::min_element(m.lam.begin(), m.lam.end()), hi = *std::max_element(m.lam.begin(), m.lam.end());
+        double kk = kappa_of(c.kind, pairs, lo, hi, m.resid);
+        m.resid_k = m.resid;
+        if (m.r == d) {
+            const double klo = kappa_of(c.kind, pairs, lo, hi, lo), khi = kappa_of(c.kind, pairs, lo, hi, hi);
+            m.resid_k = klo <= khi ? lo : hi;
+            kk = std::min(klo, khi);
         }
-    double lo = *std::min_element(lam.begin(), lam.end()), hi = *std::max_element(lam.begin(), lam.end());
-    double resid_k = resid, kappa = kappa_of(c.kind, pairs, lo, hi, resid);
-    if (r == d) {
-        const double klo = kappa_of(c.kind, pairs, lo, hi, lo), khi = kappa_of(c.kind, pairs, lo, hi, hi);
-        resid_k = klo <= khi ? lo : hi;
-        kappa = std::min(klo, khi);
+        kappa = std::max(kappa, kk);
     }
     const bool accepted = kappa <= (c.f16u ? 1.0 : 32.0);
 
     Rows x(c.x, (size_t)B * d), out(c.x, (size_t)S * B * d);
     for (int i = 0; i < B; ++i) {
-        Lv f = c.from_rows ? from_rows[i] : from_u;
-        if (c.kind == GS_OP_DENOISE) f = c.to_rows ? to_rows[i] : to_u;
+        const Comp &m = comps[comp_of[i]];
+        Lv f = c.kind == GS_OP_DENOISE ? to_of(i, 0) : from_of(i);
+        std::vector<double> row(d);
         for (int j = 0; j < d; ++j) {
-            double v = xscale * N(rng);
-            if (c.inputs == NearF16Max) v = std::clamp(v, -6e4, 6e4);
-            x.set((size_t)i * d + j, v);
+            row[j] = xscale * N(rng);
+            if (c.inputs == NearF16Max) row[j] = std::clamp(row[j], -6e4, 6e4);
         }
         if (c.inputs == InSubspace) { // x = alpha mean + sum_k c_k u_k: y lies in span(U)
-            for (int j = 0; j < d; ++j) x.set((size_t)i * d + j, f.alpha * mu[j]);
-            std::vector<double> row(d);
-            for (int j = 0; j < d; ++j) row[j] = f.alpha * mu[j];
-            for (int k = 0; k < r; ++k) {
-                const double ck = mstd(f, lam[k]) * N(rng);
-                for (int j = 0; j < d; ++j) row[j] += ck * E[(size_t)k * d + j];
+            for (int j = 0; j < d; ++j) row[j] = f.alpha * m.mu[j];
+            for (int q = 0; q < m.r; ++q) {
+                const double ck = mstd(f, m.lam[q]) * N(rng);
+                for (int j = 0; j < d; ++j) row[j] += ck * m.E[(size_t)q * d + j];
             }
-            for (int j = 0; j < d; ++j) x.set((size_t)i * d + j, row[j]);
         }
+        for (int j = 0; j < d; ++j) x.set((size_t)i * d + j, row[j]);
     }
     std::fill(out.bytes.begin(), out.bytes.end(), 0xFF); // NaN in every type
-    std::vector<float> mean(d);
-    for (int j = 0; j < d; ++j) mean[j] = float(mu[j]);
 
-    // geometry (as src/backend/cuda/geometry.rs)
+    // row groups and geometry (as src/backend/cuda/geometry.rs and args.rs)
+    const bool grouped = c.row_component < 0;
+    std::vector<long long> order(B);
+    for (int i = 0; i < B; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](long long p, long long q) { return comp_of[p] < comp_of[q]; });
+    std::vector<GsGroup> groups;
+    for (int i = 0; i < B; ++i)
+        if (i == 0 || comp_of[order[i]] != comp_of[order[i - 1]])
+            groups.push_back(GsGroup{i, 0, 0, 0, comp_of[order[i]], comps[comp_of[order[i]]].resid_k});
+    for (auto &g : groups) g.count = std::count(comp_of.begin(), comp_of.end(), (int)g.component);
+    long long most = 0;
+    for (auto &g : groups) most = std::max(most, g.count);
+    int max_r = 0;
+    for (auto &m : comps) max_r = std::max(max_r, m.r);
     const int bk = c.f16u ? 64 : 32, ub = c.f16u ? 2 : 4;
-    const int bm1 = B >= 64 ? 64 : 32, rt1 = (B + bm1 - 1) / bm1, mt = (r + 63) / 64;
-    const long splits = c.force1 ? c.force1 : split_rule((long)rt1 * mt, (d + bk - 1) / bk, sms);
-    const long rows2 = (long)S * B;
-    const int bm2 = rows2 >= 128 ? 128 : 32;
-    const long rt2 = (rows2 + bm2 - 1) / bm2, ct = (d + 63) / 64;
-    const long splits2 = c.force2 ? c.force2 : split_rule(rt2 * ct, (r + bk - 1) / bk, sms);
-    const long rq = (r + 7) / 8 * 8;
+    const int bm1 = most >= 64 ? 64 : 32, bm2 = S * most >= 128 ? 128 : 32, mt = (max_r + 63) / 64;
+    long rt1 = 0, rt2 = 0;
+    std::vector<int> tile_group1, tile_group2;
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+        GsGroup &g = groups[gi];
+        g.tile1 = rt1, g.tile2 = rt2;
+        const long t1 = (g.count + bm1 - 1) / bm1, t2 = (S * g.count + bm2 - 1) / bm2;
+        rt1 += t1, rt2 += t2;
+        tile_group1.insert(tile_group1.end(), t1, int(gi));
+        tile_group2.insert(tile_group2.end(), t2, int(gi));
+    }
+    const long ct = (d + 63) / 64;
+    const long splits = c.force1 ? c.force1 : split_rule(rt1 * mt, (d + bk - 1) / bk, sms);
+    const long splits2 = c.force2 ? c.force2 : split_rule(rt2 * ct, (max_r + bk - 1) / bk, sms);
+    const long rows2 = (long)S * B, rq = (max_r + 7) / 8 * 8;
     const size_t part_n = std::max(splits * rt1 * bm1 * mt * 64, splits2 * rt2 * bm2 * ct * 64);
     std::vector<float> part(part_n, NAN);
     std::vector<unsigned char> q((size_t)rows2 * rq * ub, 0xFF);
     std::vector<int> qexp((size_t)rows2 * mt, 0x7f7f7f7f);
-    std::vector<unsigned> counters(std::max((long)rt1 * mt, rt2 * ct), 0);
-    std::vector<double> eig64(lam);
+    std::vector<unsigned> counters(std::max(rt1 * mt, rt2 * ct), 0);
+    std::vector<GsComponent> table_c;
+    for (auto &m : comps)
+        table_c.push_back(GsComponent{m.meanf.data(), c.f16u ? (const void *)m.Eh.data() : (const void *)m.Ef.data(),
+                                      m.eig64.data(), m.r});
     std::vector<GsLevel> table;
     GsArgs a{};
     a.x = x.bytes.data();
     a.out = out.bytes.data();
-    a.mean = mean.data();
-    a.eigvecs = c.f16u ? (const void *)Eh.data() : (const void *)Ef.data();
-    a.eigvals = eig64.data();
+    a.components = table_c.data();
+    a.groups = grouped ? groups.data() : nullptr;
+    a.order = grouped ? order.data() : nullptr;
+    a.tile_group1 = grouped ? tile_group1.data() : nullptr;
+    a.tile_group2 = grouped ? tile_group2.data() : nullptr;
+    a.component = grouped ? 0 : c.row_component;
+    a.residual_var = grouped ? 0.0 : comps[c.row_component].resid_k;
     a.part = part.data();
     a.q = q.data();
     a.qexp = qexp.data();
     a.counters = counters.data();
-    a.batch = B, a.dim = d, a.rank = r, a.rq = rq, a.rpad = mt * 64, a.rowpad = rt1 * bm1;
+    a.batch = B, a.dim = d, a.rank = max_r, a.rq = rq, a.rpad = mt * 64, a.rowpad = rt1 * bm1;
     a.cpad = ct * 64, a.rowpad2 = rt2 * bm2, a.row_tiles1 = rt1, a.row_tiles2 = rt2;
     a.kind = c.kind, a.slabs = S, a.splits = int(splits), a.splits2 = int(splits2), a.mode_tiles = mt;
-    a.residual_var = resid_k;
     const bool to_table = c.to_rows || S > GS_INLINE_LEVELS;
     if (c.from_rows)
         for (auto l : from_rows) table.push_back({l.alpha, l.sigma});
@@ -262,40 +319,36 @@ static Result run_case(const Case &c, std::mt19937_64 &rng) {
     a.to_per_row = c.to_rows;
     a.from = {from_u.alpha, from_u.sigma};
     for (int s = 0; s < S && s < GS_INLINE_LEVELS; ++s) {
-        Lv t = (c.kind == GS_OP_SKIP || c.kind == GS_OP_DENOISE) ? to_u : levels[s];
-        a.to[s] = {t.alpha, t.sigma};
+        Lv t = to_of(0, s);
+        if (!c.to_rows) a.to[s] = {t.alpha, t.sigma};
     }
     launch(kernel(c.x, c.f16u, true, bm1), unsigned(rt1 * mt), unsigned(splits), a);
     launch(kernel(c.x, c.f16u, false, bm2), unsigned(rt2 * ct), unsigned(splits2), a);
     const bool counters_clean = std::all_of(counters.begin(), counters.end(), [](unsigned v) { return v == 0; });
 
-    // float64 reference, straight from SPEC §4, row by row
+    // float64 reference, straight from SPEC §4, row by row with each row's component
     const double tol = c.f16u ? 2e-3 : 1e-5, tol_corr = c.f16u ? 4e-3 : 2e-5;
     double worst = 0, worst_corr = 0;
     long worst_row = -1, worst_corr_row = -1, nonfinite = -1, bad_rows = 0;
     for (int s = 0; s < S; ++s)
         for (int i = 0; i < B; ++i) {
+            const Comp &m = comps[comp_of[i]];
             const long row = (long)s * B + i;
-            Lv f = c.from_rows ? from_rows[i] : from_u;
-            Lv t = (c.kind == GS_OP_SKIP || c.kind == GS_OP_DENOISE) ? (c.to_rows ? to_rows[i] : to_u) : levels[s];
-            auto gain = [&](double l) {
-                if (c.kind == GS_OP_DENOISE) return hgain(t, l);
-                double g = mstd(t, l) / mstd(f, l);
-                return c.kind == GS_OP_X0_TRAJ ? hgain(t, l) * g : g;
-            };
+            Lv f = from_of(i), t = to_of(i, s);
+            auto gain = [&](double l) { return gain_of(c.kind, f, t, l); };
             const double cc = c.kind == GS_OP_DENOISE ? t.alpha : f.alpha;
-            const double ca = (c.kind == GS_OP_SKIP || c.kind == GS_OP_SKIP_TRAJ) ? t.alpha : 1.0, cb = gain(resid_k);
+            const double ca = (c.kind == GS_OP_SKIP || c.kind == GS_OP_SKIP_TRAJ) ? t.alpha : 1.0, cb = gain(m.resid_k);
             std::vector<double> y(d), corr(d, 0.0);
-            for (int j = 0; j < d; ++j) y[j] = x.get((size_t)i * d + j) - cc * mu[j];
-            for (int k = 0; k < r; ++k) {
+            for (int j = 0; j < d; ++j) y[j] = x.get((size_t)i * d + j) - cc * m.mu[j];
+            for (int q = 0; q < m.r; ++q) {
                 double p = 0;
-                for (int j = 0; j < d; ++j) p += E[(size_t)k * d + j] * y[j];
-                const double w = gain(lam[k]) - cb;
-                for (int j = 0; j < d; ++j) corr[j] += p * w * E[(size_t)k * d + j];
+                for (int j = 0; j < d; ++j) p += m.E[(size_t)q * d + j] * y[j];
+                const double w = gain(m.lam[q]) - cb;
+                for (int j = 0; j < d; ++j) corr[j] += p * w * m.E[(size_t)q * d + j];
             }
             double num = 0, den = 0, cnum = 0, cden = 0, onorm = 0;
             for (int j = 0; j < d; ++j) {
-                const double v = out.get((size_t)row * d + j), base = ca * mu[j] + cb * y[j];
+                const double v = out.get((size_t)row * d + j), base = ca * m.mu[j] + cb * y[j];
                 if (!std::isfinite(v) && nonfinite < 0) nonfinite = row * d + j;
                 const double o = base + corr[j];
                 num += (v - o) * (v - o), den += o * o;
@@ -315,13 +368,15 @@ static Result run_case(const Case &c, std::mt19937_64 &rng) {
     char buf[600];
     static const char *kinds[] = {"skip", "denoise", "skip-traj", "x0-traj"};
     static const char *ins[] = {"", " huge-x", " renoise", " near-f16-max", " in-subspace"};
+    std::string comp_text =
+        K == 1 ? "" : " K=" + std::to_string(K) + (grouped ? " mixed" : " all=" + std::to_string(c.row_component));
     std::snprintf(buf, sizeof buf,
-                  "%s d=%d r=%d B=%d %s slabs=%d x=%s u=%s rows(from=%d,to=%d)%s%s splits=%ld/%ld bm=%d/%d: "
+                  "%s d=%d r=%d B=%d %s slabs=%d x=%s u=%s rows(from=%d,to=%d)%s%s%s splits=%ld/%ld bm=%d/%d: "
                   "kappa %.2g%s, worst row err %.2e (row %ld), worst correction %.2f of bound (row %ld)%s%s%s",
-                  ok ? "ok  " : "FAIL", d, r, B, kinds[c.kind], S, xname(c.x), c.f16u ? "f16" : "f32", c.from_rows,
-                  c.to_rows, c.spectrum == Flat ? " flat" : "", ins[c.inputs], splits, splits2, bm1, bm2, kappa,
-                  accepted ? "" : " (refused: range check only)", worst,
-                  worst_row, worst_corr, worst_corr_row, bad_rows ? (" BAD-ROWS=" + std::to_string(bad_rows)).c_str() : "",
+                  ok ? "ok  " : "FAIL", d, c.r, B, kinds[c.kind], S, xname(c.x), c.f16u ? "f16" : "f32", c.from_rows,
+                  c.to_rows, c.spectrum == Flat ? " flat" : "", ins[c.inputs], comp_text.c_str(), splits, splits2, bm1,
+                  bm2, kappa, accepted ? "" : " (refused: range check only)", worst, worst_row, worst_corr,
+                  worst_corr_row, bad_rows ? (" BAD-ROWS=" + std::to_string(bad_rows)).c_str() : "",
                   nonfinite >= 0 ? " NONFINITE" : "", counters_clean ? "" : " COUNTERS-NOT-RESET");
     return {ok, buf};
 }
@@ -360,8 +415,15 @@ int main(int argc, char **argv) {
         {200, 100, 3, SK, 1, false, XF32, false, false, Decaying, InSubspace, 0, 0, 0.15, 10.0},
         {150, 150, 3, SK, 1, true, XF32, false, false, Decaying, InSubspace, 0, 0, 0.002, 80.0},
         {150, 80, 2, DN, 1, true, XF16, false, false, Flat, InSubspace, 0, 0, 0, 0.05},
+        // several components: one for all rows (no tables), and one per row (grouped rows,
+        // ranks 97 / 84 / 71 / 58, one of them full rank)
+        {97, 97, 5, SK, 1, true, XF32, false, false, Flat, Normal, 0, 0, 0, 0, 3, 2},
+        {97, 97, 17, SK, 1, true, XF16, true, false, Flat, Normal, 0, 0, 0, 0, 4, -1},
+        {97, 97, 70, SK, 1, false, XF32, false, true, Flat, Normal, 0, 0, 0, 0, 3, -1},
+        {130, 100, 9, XT, 20, true, XF32, true, false, Decaying, Normal, 3, 2, 0, 0, 3, -1},
+        {130, 100, 40, DN, 1, true, XBF16, false, false, Flat, Normal, 0, 0, 0, 0, 2, -1},
     };
-    if (quick) cases = {cases[0], cases[3], cases[8], cases[12], cases[17], cases[20]};
+    if (quick) cases = {cases[0], cases[3], cases[8], cases[12], cases[17], cases[20], cases[25]};
     int failures = 0, runs = 0;
     for (size_t i = 0; i < cases.size(); ++i)
         for (Order o : {Order::Reverse, Order::Shuffle}) {

@@ -34,14 +34,40 @@ pub(crate) enum OpKind {
     X0Traj = 3,
 }
 
+/// One component of a model on the device (`GsComponent` in kernels/common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GsComponent {
+    pub mean: u64,
+    pub eigvecs: u64,
+    pub eigvals: u64,
+    pub rank: i64,
+}
+const _: () = assert!(std::mem::size_of::<GsComponent>() == 32);
+
+/// The rows of one component in a call (`GsGroup` in kernels/common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GsGroup {
+    pub first: i64,
+    pub count: i64,
+    pub tile1: i64,
+    pub tile2: i64,
+    pub component: i64,
+    pub residual_var: f64,
+}
+const _: () = assert!(std::mem::size_of::<GsGroup>() == 48);
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GsArgs {
     pub x: u64,
     pub out: u64,
-    pub mean: u64,
-    pub eigvecs: u64,
-    pub eigvals: u64,
+    pub components: u64,
+    pub groups: u64,
+    pub order: u64,
+    pub tile_group1: u64,
+    pub tile_group2: u64,
     pub part: u64,
     pub q: u64,
     pub qexp: u64,
@@ -64,11 +90,12 @@ pub(crate) struct GsArgs {
     pub to_per_row: i32,
     pub splits2: i32,
     pub mode_tiles: i32,
+    pub component: i64,
     pub residual_var: f64,
     pub from: GsLevel,
     pub to: [GsLevel; INLINE_LEVELS],
 }
-const _: () = assert!(std::mem::size_of::<GsArgs>() == 472);
+const _: () = assert!(std::mem::size_of::<GsArgs>() == 496);
 
 /// An operation's levels as the kernels take them: uniform ones inline, per-row ones and
 /// trajectories longer than [`INLINE_LEVELS`] in a table `[from rows][to rows or slabs]`.
@@ -134,10 +161,15 @@ impl LevelPlan {
 pub(crate) struct Pointers {
     pub x: u64,
     pub out: u64,
-    pub mean: u64,
-    pub eigvals: u64,
-    pub eigvecs: u64,
+    /// The model's component table.
+    pub components: u64,
     pub scratch: u64,
+}
+
+/// The component of every row of a call, with the residual variance the launcher chose.
+pub(crate) struct Uniform {
+    pub component: usize,
+    pub residual_var: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -145,11 +177,11 @@ pub(crate) fn build(
     p: &Pointers,
     g: &Geometry,
     levels: &LevelPlan,
+    rows: &Uniform,
     batch: usize,
     dim: usize,
     rank: usize,
     slabs: usize,
-    residual_var: f64,
 ) -> GsArgs {
     let l = &g.layout;
     let at = |off: usize| p.scratch + off as u64;
@@ -158,9 +190,11 @@ pub(crate) fn build(
     GsArgs {
         x: p.x,
         out: p.out,
-        mean: p.mean,
-        eigvecs: p.eigvecs,
-        eigvals: p.eigvals,
+        components: p.components,
+        groups: 0,
+        order: 0,
+        tile_group1: 0,
+        tile_group2: 0,
         part: at(l.part),
         q: at(l.q),
         qexp: at(l.qexp),
@@ -187,7 +221,8 @@ pub(crate) fn build(
         to_per_row: levels.to_per_row as i32,
         splits2: g.backproject.splits as i32,
         mode_tiles: g.project.col_tiles as i32,
-        residual_var,
+        component: rows.component as i64,
+        residual_var: rows.residual_var,
         from: levels.from,
         to: levels.inline_to,
     }

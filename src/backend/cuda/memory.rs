@@ -20,6 +20,7 @@ use crate::context::EigvecStorage;
 use crate::error::Result;
 use crate::model::Model;
 
+use super::args::GsComponent;
 use super::driver::{check, Current, Relaxed};
 
 /// Unused pool memory kept after a synchronisation instead of being returned to the driver,
@@ -310,13 +311,12 @@ impl Drop for Device {
     }
 }
 
-/// A model's arrays on the device, in one allocation.
+/// A model's arrays on the device, in one allocation, and its component table (the kernels'
+/// `GsComponent` entries pointing into it).
 pub(crate) struct DeviceModel {
     device: Arc<Device>,
     base: u64,
-    pub mean: u64,
-    pub eigvals: u64,
-    pub eigvecs: u64,
+    pub components: u64,
 }
 
 impl Drop for DeviceModel {
@@ -393,9 +393,23 @@ impl ModelCache {
                 bytes.extend(model.eigvecs().iter().flat_map(|v| v.to_le_bytes()))
             }
         }
+        let table = round_up(bytes.len());
+        let total = table + std::mem::size_of::<GsComponent>();
         let _relaxed = Relaxed::new();
         let d = &self.device;
-        let base = d.alloc(bytes.len(), d.stream, "allocating the model on the device")?;
+        let base = d.alloc(total, d.stream, "allocating the model on the device")?;
+        let entry = GsComponent {
+            mean: base + mean as u64,
+            eigvecs: base + eigvecs as u64,
+            eigvals: base + eigvals as u64,
+            rank: model.rank() as i64,
+        };
+        bytes.resize(table, 0);
+        bytes.extend(
+            [entry.mean, entry.eigvecs, entry.eigvals, entry.rank as u64]
+                .iter()
+                .flat_map(|v| v.to_le_bytes()),
+        );
         let copied = check(
             sys::cuMemcpyHtoDAsync_v2(base, bytes.as_ptr() as *const c_void, bytes.len(), d.stream),
             "uploading the model",
@@ -408,9 +422,7 @@ impl ModelCache {
         let dm = Arc::new(DeviceModel {
             device: d.clone(),
             base,
-            mean: base + mean as u64,
-            eigvals: base + eigvals as u64,
-            eigvecs: base + eigvecs as u64,
+            components: base + table as u64,
         });
         models.insert(model.id(), dm.clone());
         let cache: Weak<ModelCache> = Arc::downgrade(self);

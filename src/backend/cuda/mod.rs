@@ -45,7 +45,7 @@ pub use crate::backend::{LaunchTimes, Splits};
 pub use args::INLINE_LEVELS;
 pub use module::FATBIN_ORIGIN;
 
-use args::{GsLevel, LevelPlan, Pointers};
+use args::{GsLevel, LevelPlan, Pointers, Uniform};
 use driver::{capturing, check, Current};
 use geometry::Geometry;
 use memory::{Device, DeviceModel, ModelCache};
@@ -404,20 +404,22 @@ impl CudaBackend {
             let pointers = Pointers {
                 x: call.x,
                 out: call.out,
-                mean: call.dm.mean,
-                eigvals: call.dm.eigvals,
-                eigvecs: call.dm.eigvecs,
+                components: call.dm.components,
                 scratch,
+            };
+            let rows = Uniform {
+                component: 0,
+                residual_var: call.residual_var,
             };
             let mut args = args::build(
                 &pointers,
                 g,
                 &call.levels,
+                &rows,
                 call.batch,
                 call.dim,
                 call.rank,
                 call.slabs,
-                call.residual_var,
             );
             let mut params = [&mut args as *mut args::GsArgs as *mut c_void];
             let record = |i: usize| -> Result<()> {
