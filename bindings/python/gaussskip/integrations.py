@@ -165,7 +165,7 @@ def guess_parameterization(scheduler: Any) -> str:
         or get("prediction_type", None) == "flow_prediction"
     ):
         return "flow"
-    if _float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:
+    if _init_noise_sigma(scheduler) > 1.0:
         return "edm"
     return "vp"
 
@@ -290,7 +290,7 @@ def diffusers_pipeline_skip(
         raise ValueError(f"k * order = {start} must be in 0..={n - 1} (the scheduler has {n} timesteps)")
     if _is_pndm(work):
         raise ValueError("PNDM cannot restart at step k through pipe(...) arguments; use diffusers_skip in your own loop")
-    state = noise * _float(work.init_noise_sigma)
+    state = noise * _init_noise_sigma(work)
     if k > 0:
         state = model.skip(state, scheduler_level(work, 0, parameterization), scheduler_level(work, start, parameterization))
     for kwargs in _restart_arguments(work, k, order):
@@ -300,11 +300,16 @@ def diffusers_pipeline_skip(
         except (TypeError, ValueError):
             continue
         if _same_schedule(trial, work, start):
-            return {**kwargs, "latents": state / _float(trial.init_noise_sigma)}
+            return {**kwargs, "latents": state / _init_noise_sigma(trial)}
     raise ValueError(
         f"{type(scheduler).__name__} with this configuration cannot restart at step {k} through "
         "pipe(sigmas=...) or pipe(timesteps=...); run your own loop with diffusers_skip"
     )
+
+
+def _init_noise_sigma(scheduler: Any) -> float:
+    """What a pipeline multiplies its latents by (flow-matching schedulers have none: 1)."""
+    return _float(getattr(scheduler, "init_noise_sigma", 1.0))
 
 
 def _floats(values: Any) -> List[float]:
@@ -320,18 +325,22 @@ def _restart_arguments(work: Any, k: int, order: int) -> List[Dict[str, Any]]:
     if "sigmas" in params and sigmas is not None and order == 1:
         sig = _floats(sigmas)
         tails = [sig[k:], sig[k:-1]]
-        shift = _float(getattr(work, "shift", None) or 1.0)
+        config = getattr(work, "config", None) or {}
+        shift = _float(getattr(work, "shift", None) or config.get("flow_shift", None) or 1.0)
         if shift != 1.0:  # flow matching's static shift s' = a s / (1 + (a - 1) s), inverted
             tails += [[v / (shift - (shift - 1.0) * v) for v in t] for t in tails]
-        out += [{"sigmas": t} for t in tails if t]
+        # NumPy arrays: some schedulers do arithmetic on the given sequence directly.
+        out += [{"sigmas": np.asarray(t)} for t in tails if t]
     if "timesteps" in params:
-        out.append({"timesteps": _floats(work.timesteps)[::order][k:]})
+        out.append({"timesteps": np.asarray(_floats(work.timesteps)[::order][k:])})
     return out
 
 
 def _same_schedule(trial: Any, work: Any, start: int) -> bool:
+    """The levels must match to float32 rounding; the timesteps (the network's conditioning)
+    to one training step, as schedulers that round sigma * 1000 down may land one below."""
     ts, want = _floats(trial.timesteps), _floats(work.timesteps)[start:]
-    if len(ts) != len(want) or not np.allclose(ts, want, rtol=1e-4, atol=1e-2):
+    if len(ts) != len(want) or not np.allclose(ts, want, rtol=0.0, atol=1.0):
         return False
     s1, s0 = getattr(trial, "sigmas", None), getattr(work, "sigmas", None)
     if s1 is None or s0 is None:
