@@ -48,6 +48,7 @@ def parse_device(device: DeviceLike) -> Tuple[int, int]:
     ``"cuda"`` means PyTorch's current CUDA device when PyTorch is loaded, else device 0."""
     if isinstance(device, bool):
         raise InvalidArgumentError(f"invalid argument `device`: expected a device, got {device!r}", 2)
+    index: Optional[int]
     if isinstance(device, int):
         kind, index = "cuda", device
     else:

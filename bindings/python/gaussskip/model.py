@@ -407,7 +407,8 @@ class Model:
             # out[i] = A_i x + c_i, so the gradient is sum_i A_i g[i].
             total = None
             for i in range(slabs):
-                term = linear._apply(g[i], None, levels(i), 1, lambda _, i=i: levels(i))[0]
+                call_i = levels(i)
+                term = linear._apply(g[i], None, call_i, 1, _constant(call_i))[0]
                 total = term if total is None else total + term
             return total
 
@@ -429,6 +430,11 @@ class Model:
                         linear = Model._through_file(np.zeros_like(m), v, e, r, _DEFAULT_META)
                     self._linear = linear
         return linear
+
+
+def _constant(call: _Call) -> Callable[[int], _Call]:
+    """The per-level calls of a one-level trajectory."""
+    return lambda _: call
 
 
 _linear_lock = threading.Lock()

@@ -8,7 +8,7 @@ array of EDM sigmas) of batch length gives one level per row.
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Sequence, Union, overload
 
 import numpy as np
 
@@ -35,18 +35,30 @@ class Noise:
 LevelLike = Union[Noise, float, int]
 
 
-def _map(fn, value):
+def _map(fn: Any, value: Any) -> Any:
     if isinstance(value, Real) or np.ndim(value) == 0:
         return fn(float(value))
     return [fn(float(v)) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
 
 
-def edm(sigma) -> Union[Noise, List[Noise]]:
+@overload
+def edm(sigma: float) -> Noise: ...
+@overload
+def edm(sigma: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def edm(sigma: Any) -> Union[Noise, List[Noise]]:
     """EDM / VE / k-diffusion level: alpha = 1. An array gives a list (one level per row)."""
     return _map(lambda s: Noise(1.0, s), sigma)
 
 
-def vp(alpha_bar) -> Union[Noise, List[Noise]]:
+@overload
+def vp(alpha_bar: float) -> Noise: ...
+@overload
+def vp(alpha_bar: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def vp(alpha_bar: Any) -> Union[Noise, List[Noise]]:
     """VP (DDPM/DDIM/DPM-Solver) level from alpha_bar: alpha = sqrt(alpha_bar),
     sigma = sqrt(1 - alpha_bar). An array gives a list."""
 
@@ -57,7 +69,13 @@ def vp(alpha_bar) -> Union[Noise, List[Noise]]:
     return _map(one, alpha_bar)
 
 
-def flow(t) -> Union[Noise, List[Noise]]:
+@overload
+def flow(t: float) -> Noise: ...
+@overload
+def flow(t: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def flow(t: Any) -> Union[Noise, List[Noise]]:
     """Rectified-flow / flow-matching level (SD3, Flux): alpha = 1 - t, sigma = t."""
     return _map(lambda s: Noise(1.0 - s, s), t)
 
