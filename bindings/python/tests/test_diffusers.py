@@ -21,6 +21,9 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 
 ITEM = (4, 4, 4)
 
+# diffusers' own schedulers call np.array on tensors in a way NumPy 2 deprecates: not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 
 def rel_err(a, b):
     a, b = (np.asarray(v.detach().double()) if hasattr(v, "detach") else np.asarray(v, np.float64) for v in (a, b))
