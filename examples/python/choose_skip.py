@@ -6,7 +6,7 @@
 The published results keep sigma_skip above about 5; on EDM's 18-step schedule a floor of
 19 jumps 80 -> 19.35, the 4 steps of the paper's CIFAR-10 result (FID 1.934 vs 1.959).
 
-Run: python examples/python/choose_skip.py   (after `cargo build --release`)
+Run: python examples/python/choose_skip.py   (after `pip install ./bindings/python`)
 """
 
 import numpy as np

@@ -8,12 +8,10 @@ diffusers is not needed here: TinyEulerScheduler has the attributes and methods 
 diffusers' EulerDiscreteScheduler (Karras sigmas, epsilon prediction) that the loop and the
 helper touch. With diffusers, pass the real scheduler instead.
 
-Caveat init_noise_sigma: a pipeline called with `latents=` multiplies them by
-scheduler.init_noise_sigma and calls set_timesteps again (resetting the begin index), so
-either run your own loop as below, or pass latents_skip / init_noise_sigma together with a
-way to start at step k.
+For `pipe(...)` calls instead of your own loop, see diffusers_pipeline.py
+(gs.diffusers_pipeline_skip returns the pipeline's keyword arguments).
 
-Run: python examples/python/diffusers_skip.py   (after `cargo build --release`)
+Run: python examples/python/diffusers_skip.py   (after `pip install ./bindings/python`)
 """
 
 import numpy as np

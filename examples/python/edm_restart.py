@@ -6,7 +6,7 @@
 The restarted schedule is exactly steps k..N-1 of the original (both are linear in
 sigma^(1/rho) with the same increment), so the sampler runs the remaining steps unchanged.
 
-Run: python examples/python/edm_restart.py   (after `cargo build --release`)
+Run: python examples/python/edm_restart.py   (after `pip install ./bindings/python`)
 """
 
 import numpy as np

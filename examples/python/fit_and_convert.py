@@ -4,7 +4,7 @@ statistics (eigval, eigvec, imgmean in [0,1]) to a model file in [-1,1].
     m = gs.Moments(); m.update(batch) ...; shard_a.merge(shard_b); model = m.fit(rank=r)
     python -m gaussskip.convert stats.pt model.safetensors
 
-Run: python examples/python/fit_and_convert.py   (after `cargo build --release`)
+Run: python examples/python/fit_and_convert.py   (after `pip install ./bindings/python`)
 """
 
 import tempfile

@@ -1,9 +1,9 @@
 """k-diffusion style: replace the first k steps of a sampler by one exact jump.
 
-    x = gs.kdiffusion_skip(model, x, sigmas, k)      # x = skip(x, sigmas[0] -> sigmas[k])
-    x = sample_heun(net, x, sigmas[k:])               # the rest, unchanged
+    x, sigmas = gs.kdiffusion_skip(model, x, sigmas, k)   # x jumped to sigmas[k]; sigmas[k:]
+    x = sample_heun(net, x, sigmas)                        # the rest, unchanged
 
-Run: python examples/python/kdiffusion_skip.py   (after `cargo build --release`)
+Run: python examples/python/kdiffusion_skip.py   (after `pip install ./bindings/python`)
 """
 
 import numpy as np

@@ -5,8 +5,8 @@ map of a Gaussian fitted to the data.
     model = gs.Model.load("cifar10.safetensors")
     x = model.skip(x, 80.0, 19.4)            # EDM sigmas; gs.vp(...), gs.flow(...) for others
 
-Python bindings over libgaussskip's C ABI (ctypes). The library is found through
-GAUSSSKIP_LIB, the package folder, or cargo's target folders (see ``gaussskip._lib``).
+Python bindings over libgaussskip's C ABI (ctypes); ``pip install`` builds the library into
+the package (``GAUSSSKIP_LIB`` points to another build: see ``gaussskip._lib``).
 """
 
 from . import integrations
@@ -30,7 +30,7 @@ from .errors import (
     UnsupportedDtypeError,
 )
 from .fit import Moments, fit
-from .integrations import choose_skip, diffusers_skip, edm_sampler_skip, kdiffusion_skip
+from .integrations import choose_skip, diffusers_pipeline_skip, diffusers_skip, edm_sampler_skip, kdiffusion_skip
 from .model import Model
 from .noise import Noise, edm, flow, karras_sigmas, vp
 
@@ -66,6 +66,7 @@ __all__ = [
     "ShapeMismatchError",
     "UnsupportedDtypeError",
     "choose_skip",
+    "diffusers_pipeline_skip",
     "diffusers_skip",
     "edm",
     "edm_sampler_skip",

@@ -1,10 +1,13 @@
 """Finding and loading libgaussskip, and the ctypes signatures of its C ABI.
 
 Search order (the first existing file wins):
-1. the environment variable ``GAUSSSKIP_LIB`` (a path to the shared library);
-2. this package's folder (a library copied next to ``__init__.py``);
-3. cargo's output folders: ``$CARGO_TARGET_DIR/{release,debug}``, then ``target/release`` and
-   ``target/debug`` in every folder above this file and above the current directory.
+1. the environment variable ``GAUSSSKIP_LIB`` (a path to the shared library), to try another
+   build of the library;
+2. this package's folder, where ``pip install`` puts the library it built
+   (``libgaussskip.abi3.so`` in a wheel, or any ``libgaussskip*`` file);
+3. for a source checkout used without installing (``PYTHONPATH=bindings/python``): cargo's
+   output folders ``$CARGO_TARGET_DIR/{release,debug}``, then ``target/release`` and
+   ``target/debug`` in the folders above this package. The current directory plays no part.
 
 The library is loaded on first use, so the pure-NumPy parts (``Moments``, noise helpers)
 work without it.
@@ -37,13 +40,24 @@ elif sys.platform == "win32":
 else:
     LIB_NAME = "libgaussskip.so"
 
-BUILD_HINT = "build it with `cargo build --release` in the gaussskip repository"
+BUILD_HINT = (
+    "install the package with `pip install ./bindings/python` from the gaussskip repository "
+    "(it builds the library into the package), or build it with `cargo build --release` and "
+    "set GAUSSSKIP_LIB"
+)
+_SUFFIXES = (".so", ".dylib", ".dll", ".pyd")
 
 
 class GsNoise(ctypes.Structure):
     """``gs_noise``: x_t = alpha * x0 + sigma * eps."""
 
     _fields_ = [("alpha", ctypes.c_double), ("sigma", ctypes.c_double)]
+
+
+def _bundled(folder: Path) -> List[Path]:
+    """Libraries inside the package folder (the name carries setuptools' suffix)."""
+    found = [p for p in folder.glob("libgaussskip*") if p.suffix in _SUFFIXES]
+    return sorted(found) or [folder / LIB_NAME]
 
 
 def candidate_paths() -> List[Path]:
@@ -53,13 +67,12 @@ def candidate_paths() -> List[Path]:
     if env:
         out.append(Path(env))
     here = Path(__file__).resolve().parent
-    out.append(here / LIB_NAME)
+    out += _bundled(here)
     target_env = os.environ.get("CARGO_TARGET_DIR")
     if target_env:
         out += [Path(target_env) / "release" / LIB_NAME, Path(target_env) / "debug" / LIB_NAME]
-    for start in (here, Path.cwd().resolve()):
-        for folder in (start, *start.parents):
-            out += [folder / "target" / "release" / LIB_NAME, folder / "target" / "debug" / LIB_NAME]
+    for folder in here.parents:
+        out += [folder / "target" / "release" / LIB_NAME, folder / "target" / "debug" / LIB_NAME]
     seen = set()
     unique = []
     for p in out:
@@ -95,6 +108,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "gs_denoise_rows": (u32, [vp, vp, u32, vp, vp, sz, noise_p, vp]),
         "gs_skip_trajectory": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, vp]),
         "gs_x0_trajectory": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, vp]),
+        "gs_context_prepare": (u32, [vp, vp, sz, sz, vp]),
+        "gs_context_release_model": (u32, [vp, vp]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -143,9 +158,8 @@ def load() -> ctypes.CDLL:
         extra = ("\nfound but unusable:\n" + "\n".join(failures)) if failures else ""
         raise LibraryNotFoundError(
             f"cannot find {LIB_NAME}; looked in (GAUSSSKIP_LIB, the package folder, "
-            f"cargo target folders above the package and the current directory):\n{listing}"
-            f"{extra}\n{BUILD_HINT} and run from the repository root, or set "
-            f"GAUSSSKIP_LIB=/path/to/{LIB_NAME}"
+            f"cargo target folders above the package):\n{listing}{extra}\n{BUILD_HINT}="
+            f"/path/to/target/release/{LIB_NAME}"
         )
 
 

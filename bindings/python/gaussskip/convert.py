@@ -137,7 +137,7 @@ def convert_arrays(
         order = "unsorted"
     perm = np.argsort(-vals, kind="stable")
     vals, vecs_rows = vals[perm], vecs_rows[perm]
-    top = max(float(np.max(np.abs(vals))), np.finfo(np.float64).tiny)
+    top = max(float(np.max(np.abs(vals))), float(np.finfo(np.float64).tiny))
     if vals[-1] < -1e-6 * top:
         raise FileFormatError(f"eigval holds a clearly negative value {vals[-1]:g} (largest {top:g}): not a covariance", 8)
     clipped = int(np.sum(vals < 0))

@@ -6,16 +6,22 @@ schedule by one exact jump, then the sampler runs the rest unchanged.
 * EDM's ``edm_sampler``: ``latents, kw = edm_sampler_skip(model, latents, k, num_steps=18)``
   then ``edm_sampler(net, latents, **kw)`` (the rho-schedule restarted at sigma_skip is the
   remaining grid).
-* diffusers: ``latents, timesteps = diffusers_skip(model, scheduler, latents, k)`` after
-  ``scheduler.set_timesteps(N)``, then loop over ``timesteps`` (see its docstring for the
-  ``init_noise_sigma`` caveat).
+* diffusers pipelines: ``pipe(prompt, **diffusers_pipeline_skip(model, pipe, noise, k, N))``
+  (the rest of the schedule as ``sigmas=``/``timesteps=``, and the jumped ``latents=``).
+* diffusers loops: ``latents, timesteps = diffusers_skip(model, scheduler, latents, k)`` after
+  ``scheduler.set_timesteps(N)``, then loop over ``timesteps``.
 * :func:`choose_skip`: the largest k allowed by a sigma floor and/or a maximum jump.
 
 The state ``x`` may be a NumPy array or a PyTorch tensor (CPU or CUDA), as for
 :meth:`Model.skip`. Schedules may be lists, NumPy arrays or tensors.
 """
 
-from typing import Any, NamedTuple, Optional, Tuple
+import copy
+import inspect
+import warnings
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
 
 from .model import Model
 from .noise import Noise, flow, karras_sigmas, vp
@@ -109,47 +115,81 @@ def edm_sampler_skip(
     return x_skip / float(t[k]), kwargs
 
 
-def scheduler_level(scheduler, index: int, parameterization: Optional[str] = None) -> Noise:
+def scheduler_level(scheduler: Any, index: int, parameterization: Optional[str] = None) -> Noise:
     """The noise level of a diffusers-style scheduler's state at step ``index`` (an index
     into its ``timesteps``/``sigmas``), for the state the scheduler steps on:
 
     * ``"edm"``: Euler/Heun/LMS/DPM2-style schedulers whose state is x0 + sigma * eps
       (``init_noise_sigma`` > 1): (1, sigmas[index]).
-    * ``"vp"``: DDIM/DDPM/DPM-Solver/UniPC-style, state sqrt(a) x0 + sqrt(1 - a) eps: from
-      ``sigmas`` (a = 1 / (1 + sigma^2)) when the scheduler has them, else
+    * ``"vp"``: DDIM/DDPM/PNDM/DPM-Solver/UniPC-style, state sqrt(a) x0 + sqrt(1 - a) eps:
+      from ``sigmas`` (a = 1 / (1 + sigma^2)) when the scheduler has them, else
       ``alphas_cumprod[timesteps[index]]``.
-    * ``"flow"``: flow-matching schedulers (SD3, Flux): (1 - sigmas[index], sigmas[index]).
+    * ``"flow"``: flow matching (SD3, Flux; ``use_flow_sigmas=True``):
+      (1 - sigmas[index], sigmas[index]).
 
-    ``None`` guesses: "flow" for a class named FlowMatch*, "edm" when
-    ``init_noise_sigma`` > 1, else "vp".
+    ``None`` guesses from the scheduler (see :func:`guess_parameterization`).
     """
-    kind = parameterization or _guess_parameterization(scheduler)
+    kind = parameterization or guess_parameterization(scheduler)
     sigmas = getattr(scheduler, "sigmas", None)
-    if kind == "edm":
-        return Noise(1.0, _float(sigmas[index]))
-    if kind == "flow":
-        return flow(_float(sigmas[index]))
-    if kind == "vp":
-        if sigmas is not None and len(sigmas) > index:
-            s = _float(sigmas[index])
-            return vp(1.0 / (1.0 + s * s))
+    if kind not in ("edm", "vp", "flow"):
+        raise ValueError(f"parameterization must be 'edm', 'vp' or 'flow', got {parameterization!r}")
+    if kind == "vp" and (sigmas is None or len(sigmas) <= index):
+        cumprod = getattr(scheduler, "alphas_cumprod", None)
+        if cumprod is None:
+            raise TypeError(
+                f"cannot read the noise level of {type(scheduler).__name__}: it has neither "
+                "`sigmas` nor `alphas_cumprod` (a scheduler of discrete tokens or of its own "
+                "kind); pass a Gaussian diffusion scheduler"
+            )
         t = int(_float(scheduler.timesteps[index]))
-        return vp(_float(scheduler.alphas_cumprod[t]))
-    raise ValueError(f"parameterization must be 'edm', 'vp' or 'flow', got {parameterization!r}")
+        return vp(_float(cumprod[t]))
+    if sigmas is None:
+        raise TypeError(f"cannot read the noise level of {type(scheduler).__name__}: it has no `sigmas`")
+    s = _float(sigmas[index])
+    if kind == "edm":
+        return Noise(1.0, s)
+    if kind == "flow":
+        return flow(s)
+    return vp(1.0 / (1.0 + s * s))
 
 
-def _guess_parameterization(scheduler) -> str:
-    if "FlowMatch" in type(scheduler).__name__:
+def guess_parameterization(scheduler: Any) -> str:
+    """"flow" for a FlowMatch* class or a config with ``use_flow_sigmas=True`` or
+    ``prediction_type="flow_prediction"``; "edm" when ``init_noise_sigma`` > 1 (the state is
+    x0 + sigma * eps); else "vp"."""
+    config = getattr(scheduler, "config", None)
+    get = getattr(config, "get", None) or (lambda key, default=None: getattr(config, key, default))
+    if (
+        "FlowMatch" in type(scheduler).__name__
+        or bool(get("use_flow_sigmas", False))
+        or get("prediction_type", None) == "flow_prediction"
+    ):
         return "flow"
-    if _float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:
+    if _init_noise_sigma(scheduler) > 1.0:
         return "edm"
     return "vp"
 
 
+_LMS_WARNING = (
+    "{name} restarts its linear multistep history at the jump: the steps right after it run at "
+    "order 1 where the full loop had built up order 4, which made the result worse than without "
+    "the jump in our tests (see the README); prefer Euler, Heun, DPM-Solver++ or UniPC"
+)
+
+
+def _warn_if_multistep_history(scheduler: Any, k: int) -> None:
+    if k > 0 and hasattr(scheduler, "derivatives") and hasattr(scheduler, "get_lms_coefficient"):
+        warnings.warn(_LMS_WARNING.format(name=type(scheduler).__name__), UserWarning, stacklevel=3)
+
+
+def _is_pndm(scheduler: Any) -> bool:
+    return all(hasattr(scheduler, a) for a in ("plms_timesteps", "prk_timesteps", "counter", "ets"))
+
+
 def diffusers_skip(
     model: Model,
-    scheduler,
-    latents,
+    scheduler: Any,
+    latents: Any,
     k: int,
     *,
     parameterization: Optional[str] = None,
@@ -158,36 +198,164 @@ def diffusers_skip(
 
     Call after ``scheduler.set_timesteps(N)``, with ``latents`` the state at
     ``timesteps[0]`` (as the pipeline prepares it: unit noise times
-    ``scheduler.init_noise_sigma``). Moves the state to step ``k * scheduler.order``,
-    calls ``scheduler.set_begin_index(k * scheduler.order)`` (the img2img pattern) and
-    returns ``(latents_skip, scheduler.timesteps[k * order:])`` to loop over.
+    ``scheduler.init_noise_sigma``). Moves the state to step ``k * scheduler.order`` and
+    returns ``(latents_skip, timesteps)`` to loop over: ``timesteps[k * order:]``, after
+    ``scheduler.set_begin_index(k * order)`` for schedulers that count their steps (the
+    img2img pattern). Schedulers without ``set_begin_index`` (DDIM, DDPM) find their place
+    from the timestep; PNDM's PLMS chain is restarted at step k (``skip_prk_steps=True``,
+    as Stable Diffusion configures it).
 
-    Caveat ``init_noise_sigma``: a pipeline called with ``latents=`` multiplies them by
-    ``scheduler.init_noise_sigma`` and calls ``set_timesteps`` again (which resets the begin
-    index), so hand a pipeline ``latents_skip / scheduler.init_noise_sigma`` only together
-    with a way to start at step k (its ``timesteps=``/``sigmas=`` argument, or your own
-    loop as in the example). The scheduler must have ``set_begin_index`` (diffusers >= 0.27).
+    For ``pipe(...)`` calls rather than your own loop, see :func:`diffusers_pipeline_skip`.
+    LMS warns: its multistep history restarts after the jump.
     """
+    _warn_if_multistep_history(scheduler, k)
+    if _is_pndm(scheduler):
+        return _pndm_skip(model, scheduler, latents, k, parameterization)
     order = int(getattr(scheduler, "order", 1))
     start = k * order
     n = len(scheduler.timesteps)
     if not 0 <= start <= n - 1:
         raise ValueError(f"k * order = {start} must be in 0..={n - 1} (the scheduler has {n} timesteps)")
-    if not hasattr(scheduler, "set_begin_index"):
-        raise TypeError("the scheduler has no set_begin_index (diffusers >= 0.27 needed)")
     if k > 0:
         frm = scheduler_level(scheduler, 0, parameterization)
         to = scheduler_level(scheduler, start, parameterization)
         latents = model.skip(latents, frm, to)
-    scheduler.set_begin_index(start)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
     return latents, scheduler.timesteps[start:]
+
+
+def _pndm_skip(model: Model, scheduler: Any, latents: Any, k: int, parameterization: Optional[str]) -> Tuple[Any, Any]:
+    """PNDM steps through t0, t1, t1, t2, ... (the second level twice: a Heun-like warm-up of
+    its multistep history); after a jump to t_k the chain restarts as t_k, t_k+1, t_k+1, ..."""
+    if not scheduler.config.get("skip_prk_steps", False):
+        raise ValueError(
+            "PNDMScheduler with skip_prk_steps=False starts with Runge-Kutta steps tied to the start "
+            "of the schedule; create it with skip_prk_steps=True (as Stable Diffusion does) to jump"
+        )
+    ts = scheduler.timesteps
+    levels = list(ts[:2]) + list(ts[3:])  # t0, t1, t2, ... (drop the repeat)
+    n = len(levels)
+    if not 0 <= k <= n - 2:
+        raise ValueError(f"k must be in 0..={n - 2} so that at least one step remains, got {k}")
+    if k == 0:
+        return latents, ts
+    frm = scheduler_level(scheduler, 0, parameterization or "vp")
+    to = scheduler_level(scheduler, 2 if k == 1 else k + 1, parameterization or "vp")
+    latents = model.skip(latents, frm, to)
+    rest = levels[k:]
+    new = rest[:2] + rest[1:2] + rest[2:]
+    scheduler.timesteps = _like(ts, new)
+    scheduler.counter, scheduler.ets, scheduler.cur_sample = 0, [], None
+    return latents, scheduler.timesteps
+
+
+def _like(template: Any, values: List[Any]) -> Any:
+    """``values`` in the container type of ``template`` (a tensor or an array)."""
+    if hasattr(template, "new_tensor"):
+        return template.new_tensor([_float(v) for v in values])
+    return np.asarray([_float(v) for v in values], dtype=np.asarray(template).dtype)
+
+
+def diffusers_pipeline_skip(
+    model: Model,
+    pipe: Any,
+    noise: Any,
+    k: int,
+    num_inference_steps: int,
+    *,
+    parameterization: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The keyword arguments that make a diffusers pipeline skip its first ``k`` steps:
+    ``pipe(prompt, **diffusers_pipeline_skip(model, pipe, noise, k, 30))``.
+
+    ``pipe``: a pipeline (its ``scheduler`` is used) or a scheduler; ``noise``: the unit
+    Gaussian latents the pipeline would draw (shape and dtype of its ``latents``). The jump
+    runs from the level of step 0 of the ``num_inference_steps`` schedule to step ``k``;
+    the result is ``{"sigmas" or "timesteps": the rest of the schedule, "latents":
+    x_skip / init_noise_sigma}`` (the pipeline multiplies ``latents`` by the
+    ``init_noise_sigma`` of the schedule it is given). The pipeline's scheduler is left
+    as it was; the restart is checked on a copy of it, and a scheduler that cannot restart
+    at step k through these arguments (one that reshapes a given schedule, such as dynamic
+    shifting) raises ``ValueError``: use :func:`diffusers_skip` in your own loop there.
+    """
+    scheduler = getattr(pipe, "scheduler", pipe)
+    _warn_if_multistep_history(scheduler, k)
+    work = copy.deepcopy(scheduler)
+    work.set_timesteps(num_inference_steps)
+    order = int(getattr(work, "order", 1))
+    start = k * order
+    n = len(work.timesteps)
+    if not 0 <= start <= n - 1:
+        raise ValueError(f"k * order = {start} must be in 0..={n - 1} (the scheduler has {n} timesteps)")
+    if _is_pndm(work):
+        raise ValueError("PNDM cannot restart at step k through pipe(...) arguments; use diffusers_skip in your own loop")
+    state = noise * _init_noise_sigma(work)
+    if k > 0:
+        state = model.skip(state, scheduler_level(work, 0, parameterization), scheduler_level(work, start, parameterization))
+    for kwargs in _restart_arguments(work, k, order):
+        trial = copy.deepcopy(scheduler)
+        try:
+            trial.set_timesteps(**kwargs)
+        except (TypeError, ValueError):
+            continue
+        if _same_schedule(trial, work, start):
+            return {**kwargs, "latents": state / _init_noise_sigma(trial)}
+    raise ValueError(
+        f"{type(scheduler).__name__} with this configuration cannot restart at step {k} through "
+        "pipe(sigmas=...) or pipe(timesteps=...); run your own loop with diffusers_skip"
+    )
+
+
+def _init_noise_sigma(scheduler: Any) -> float:
+    """What a pipeline multiplies its latents by (flow-matching schedulers have none: 1)."""
+    return _float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+
+def _floats(values: Any) -> List[float]:
+    return [_float(v) for v in values]
+
+
+def _restart_arguments(work: Any, k: int, order: int) -> List[Dict[str, Any]]:
+    """Candidate set_timesteps arguments for the schedule from plain step k on (schedulers
+    differ in whether a given sigma list holds the final sigma and whether they shift it)."""
+    params = inspect.signature(work.set_timesteps).parameters
+    out: List[Dict[str, Any]] = []
+    sigmas = getattr(work, "sigmas", None)
+    if "sigmas" in params and sigmas is not None and order == 1:
+        sig = _floats(sigmas)
+        tails = [sig[k:], sig[k:-1]]
+        config = getattr(work, "config", None) or {}
+        shift = _float(getattr(work, "shift", None) or config.get("flow_shift", None) or 1.0)
+        if shift != 1.0:  # flow matching's static shift s' = a s / (1 + (a - 1) s), inverted
+            tails += [[v / (shift - (shift - 1.0) * v) for v in t] for t in tails]
+        # NumPy arrays: some schedulers do arithmetic on the given sequence directly.
+        out += [{"sigmas": np.asarray(t)} for t in tails if t]
+    if "timesteps" in params:
+        out.append({"timesteps": np.asarray(_floats(work.timesteps)[::order][k:])})
+    return out
+
+
+def _same_schedule(trial: Any, work: Any, start: int) -> bool:
+    """The levels must match to float32 rounding; the timesteps (the network's conditioning)
+    to one training step, as schedulers that round sigma * 1000 down may land one below."""
+    ts, want = _floats(trial.timesteps), _floats(work.timesteps)[start:]
+    if len(ts) != len(want) or not np.allclose(ts, want, rtol=0.0, atol=1.0):
+        return False
+    s1, s0 = getattr(trial, "sigmas", None), getattr(work, "sigmas", None)
+    if s1 is None or s0 is None:
+        return True
+    a, b = _floats(s1), _floats(s0)[start:]
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-5, atol=1e-7))
 
 
 __all__ = [
     "SkipChoice",
     "choose_skip",
     "diffusers_skip",
+    "diffusers_pipeline_skip",
     "edm_sampler_skip",
+    "guess_parameterization",
     "kdiffusion_skip",
     "karras_sigmas",
     "scheduler_level",

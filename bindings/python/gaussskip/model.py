@@ -1,20 +1,25 @@
 """The Gaussian model and its operations over the C ABI (SPEC §4, §7, §8).
 
-Inputs and outputs:
+Inputs and outputs (details in ``_arrays``):
 
-* NumPy arrays of float32 or float16, shape ``(batch, *item)`` or ``(*item,)`` for one row
-  (``prod(item) == model.dim``); the output has the input's shape and dtype (trajectories
-  put the levels first: ``(n_levels, *x.shape)``). float64 input is computed in float32
-  (the library's precision) and returned as float64. Non-contiguous arrays are copied to a
-  contiguous one first. Other dtypes raise :class:`UnsupportedDtypeError`.
-* PyTorch CPU tensors (float32, float16, bfloat16; float64 as for NumPy) take the host path.
-* PyTorch CUDA tensors (float32, float16, bfloat16, contiguous) take the device path:
-  no copies, the call is queued on ``torch.cuda.current_stream(x.device)`` and returns
-  without waiting. Non-contiguous tensors or float64 raise instead of copying. The device
-  path does not scan inputs for NaN/Inf (that would need a synchronisation).
+* NumPy arrays of float32 or float16 (either byte order), shape ``(batch, *item)`` or
+  ``(*item,)`` for one row (``prod(item) == model.dim``); the output has the input's shape
+  and dtype (trajectories put the levels first: ``(n_levels, *x.shape)``). float64 is
+  computed in float32 (the library's precision) and returned as float64. Non-contiguous
+  arrays are copied first. Other dtypes raise :class:`UnsupportedDtypeError`.
+* PyTorch tensors (float32, float16, bfloat16; float64 as for NumPy) on the CPU or a CUDA
+  device. CUDA tensors stay on the device: the call is queued on
+  ``torch.cuda.current_stream(x.device)`` and returns without waiting; a contiguous tensor
+  is read and written in place, other layouts take one device copy. The result keeps the
+  memory format (channels_last in, channels_last out). The device path does not scan inputs
+  for NaN/Inf (that would need a synchronisation).
+* ``out=``: a preallocated output of the result's shape and dtype, written only on success;
+  ``out=x`` works in place (through one copy of x).
+* Autograd: tensors that require grad get gradients (the backward of each operation is the
+  same symmetric linear map, see ``_autograd``).
 
 Noise levels: a :class:`~gaussskip.Noise`, a number (EDM sigma), or for ``skip``/``denoise``
-a sequence of them (or a 1-D array of EDM sigmas) of batch length for one level per row.
+one level per row (see :func:`gaussskip.noise.as_levels`).
 """
 
 import ctypes
@@ -24,98 +29,48 @@ import threading
 import weakref
 from math import prod
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
-from . import _lib, _safetensors
-from .errors import (
-    FileFormatError,
-    GaussSkipError,
-    InvalidArgumentError,
-    InvalidModelError,
-    ShapeMismatchError,
-    UnsupportedDtypeError,
-)
-from .noise import Noise, as_level_list, as_levels
+from . import _arrays, _lib, _safetensors
+from ._context import DeviceLike, context, parse_device, stream_handle
+from .errors import FileFormatError, GaussSkipError, InvalidArgumentError, InvalidModelError, ShapeMismatchError
+from .noise import Levels, Noise, as_level_list, as_levels
+
+if TYPE_CHECKING:
+    import torch
 
 PathLike = Union[str, "os.PathLike[str]"]
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
+"""A NumPy array or a PyTorch tensor: every operation returns the type it was given."""
 
-
-class _Context:
-    """A library context (CPU, or one CUDA device), freed with the object."""
-
-    def __init__(self, device: int, ordinal: int):
-        lib = _lib.load()
-        handle = ctypes.c_void_p()
-        _lib.check(lib.gs_context_create(device, ordinal, ctypes.byref(handle)))
-        self.handle = handle
-        self._finalizer = weakref.finalize(self, lib.gs_context_free, handle)
-
-
-_contexts: Dict[Tuple[int, int], _Context] = {}
-_contexts_lock = threading.Lock()
-
-
-def _context(device: int, ordinal: int = 0) -> _Context:
-    key = (device, ordinal)
-    ctx = _contexts.get(key)
-    if ctx is None:
-        with _contexts_lock:
-            ctx = _contexts.get(key)
-            if ctx is None:
-                ctx = _Context(device, ordinal)
-                _contexts[key] = ctx
-    return ctx
+# The library call of one operation with its levels bound: (model handle, context, dtype
+# code, x pointer, out pointer, batch, stream) -> status.
+_Call = Callable[[Any, Any, int, int, int, int, Optional[int]], int]
 
 
 def _noise_c(n: Noise) -> _lib.GsNoise:
     return _lib.GsNoise(float(n.alpha), float(n.sigma))
 
 
-def _noise_array(levels: List[Noise]):
+def _noise_array(levels: List[Noise]) -> Any:
     return (_lib.GsNoise * max(len(levels), 1))(*[_noise_c(n) for n in levels])
-
-
-def _batch_of(shape: Tuple[int, ...], dim: int) -> int:
-    if len(shape) >= 1 and prod(shape[1:]) == dim:
-        return int(shape[0])
-    if prod(shape) == dim:
-        return 1
-    raise ShapeMismatchError(
-        f"`x` has the wrong size: expected shape (batch, *item) with {dim} values per item, "
-        f"or one item of {dim} values, got shape {tuple(shape)}",
-        3,
-    )
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "data_ptr")
-
-
-_NUMPY_CODES = {np.dtype(np.float32): _lib.GS_DTYPE_F32, np.dtype(np.float16): _lib.GS_DTYPE_F16}
-
-
-def _torch_codes(torch):
-    return {torch.float32: _lib.GS_DTYPE_F32, torch.float16: _lib.GS_DTYPE_F16, torch.bfloat16: _lib.GS_DTYPE_BF16}
-
-
-def _dtype_error(got) -> UnsupportedDtypeError:
-    return UnsupportedDtypeError(
-        f"unsupported dtype: `x` has dtype {got}; gaussskip takes float32, float16 or bfloat16 "
-        "(float64 arrays and CPU tensors are computed in float32)",
-        9,
-    )
 
 
 class Model:
     """An immutable Gaussian model G = (mean, eigvecs, eigvals, residual_var) (SPEC §2).
 
     Build one with :meth:`load`, :meth:`from_arrays`, or :func:`gaussskip.fit`. Thread-safe
-    to share; the operations may be called from any thread.
+    to share; the operations may be called from any thread. Picklable (by value).
     """
 
-    def __init__(self, handle: ctypes.c_void_p, metadata: Optional[Dict[str, str]] = None):
+    dim: int
+    """Data dimension (values per item)."""
+    rank: int
+    """Number of modes (eigenvectors)."""
+
+    def __init__(self, handle: ctypes.c_void_p, metadata: Optional[Dict[str, str]] = None) -> None:
         """Internal: wraps a ``gs_model*`` (use :meth:`load` or :meth:`from_arrays`)."""
         lib = _lib.load()
         self._handle = handle
@@ -146,9 +101,9 @@ class Model:
     @classmethod
     def from_arrays(
         cls,
-        mean,
-        eigvals,
-        eigvecs,
+        mean: Any,
+        eigvals: Any,
+        eigvecs: Any,
         residual_var: float = 0.0,
         *,
         item_shape: Optional[Sequence[int]] = None,
@@ -203,9 +158,14 @@ class Model:
                 )
             )
             return cls(handle, {})
-        # The C ABI builds models without metadata: go through a model file, which the
-        # library validates exactly like parts (and which keeps eigvals in float64).
-        tensors = _safetensors.model_tensors(mean_a, vals, vecs, float(residual_var))
+        return cls._through_file(mean_a, vals, vecs, float(residual_var), meta)
+
+    @classmethod
+    def _through_file(cls, mean, eigvals, eigvecs, residual_var: float, meta: Dict[str, str]) -> "Model":
+        """A model built through a temporary model file: the C ABI builds models without
+        metadata and takes eigvals as float32, while a file keeps both (the library
+        validates a file exactly like parts)."""
+        tensors = _safetensors.model_tensors(mean, eigvals, eigvecs, residual_var)
         with tempfile.TemporaryDirectory(prefix="gaussskip-") as tmp:
             path = Path(tmp) / "model.safetensors"
             path.write_bytes(_safetensors.serialize(tensors, meta))
@@ -227,7 +187,9 @@ class Model:
 
     # ---- parts ---------------------------------------------------------------------------
 
-    def _parts(self, mean=False, eigvals=False, eigvecs=False, residual=False):
+    def _parts(
+        self, mean: bool = False, eigvals: bool = False, eigvecs: bool = False, residual: bool = False
+    ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray], float]:
         lib = _lib.load()
         m = np.empty(self.dim, np.float32) if mean else None
         v = np.empty(self.rank, np.float64) if eigvals else None
@@ -248,17 +210,17 @@ class Model:
     @property
     def mean(self) -> np.ndarray:
         """The mean, float32, shape (dim,) (a copy)."""
-        return self._parts(mean=True)[0]
+        return self._parts(mean=True)[0]  # type: ignore[return-value]
 
     @property
     def eigvals(self) -> np.ndarray:
         """Mode variances, float64, non-increasing, shape (rank,) (a copy)."""
-        return self._parts(eigvals=True)[1]
+        return self._parts(eigvals=True)[1]  # type: ignore[return-value]
 
     @property
     def eigvecs(self) -> np.ndarray:
         """Eigenvectors, float32, shape (rank, dim), row k = u_k (a copy)."""
-        return self._parts(eigvecs=True)[2]
+        return self._parts(eigvecs=True)[2]  # type: ignore[return-value]
 
     @property
     def residual_var(self) -> float:
@@ -280,42 +242,95 @@ class Model:
     def __repr__(self) -> str:
         return f"gaussskip.Model(dim={self.dim}, rank={self.rank}, residual_var={self.residual_var:g})"
 
+    # ---- pickling and copies ---------------------------------------------------------------
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        """Pickles by value (the parts in the dtypes the library holds, and the metadata), so
+        a model travels to DataLoader workers, other processes and caches; unpickling
+        rebuilds and revalidates it in the receiving process."""
+        m, v, e, r = self._parts(True, True, True, True)
+        return (_unpickle, (m, v, e, r, dict(self._metadata)))
+
+    def __copy__(self) -> "Model":
+        return self  # immutable
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Model":
+        return self
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def prepare(self, max_batch: int, device: DeviceLike = "cuda", *, max_levels: int = 1, stream: Any = None) -> None:
+        """Uploads the model to a CUDA device ahead of time (``gs_context_prepare``), so that
+        the first call there can be captured in a CUDA graph (``torch.cuda.graph``,
+        ``torch.compile(mode="reduce-overhead")``): capture cannot upload.
+
+        ``max_batch``: the largest batch of the calls to come; ``max_levels``: the largest
+        level count of the trajectories to come (1 for skip/denoise). ``device``: ``"cuda"``
+        (PyTorch's current device), ``"cuda:N"``, an ordinal or a ``torch.device``;
+        ``"cpu"`` does nothing. ``stream``: a ``torch.cuda.Stream`` or raw CUstream (default:
+        PyTorch's current stream there, or the default stream without PyTorch).
+
+        Raises:
+            NoCudaError: no CUDA device or driver, or a library built without CUDA.
+            InvalidArgumentError: a bad device, or a count below 1.
+        """
+        for name, value in (("max_batch", max_batch), ("max_levels", max_levels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"invalid argument `{name}`: expected an integer >= 1, got {value!r}", 2)
+        kind, ordinal = parse_device(device)
+        if kind == _lib.GS_DEVICE_CPU:
+            return
+        ctx = context(kind, ordinal)
+        lib = _lib.load()
+        _lib.check(lib.gs_context_prepare(ctx.handle, self._handle, max_batch, max_levels, stream_handle(stream, ordinal)))
+
+    def release(self, device: DeviceLike = "cuda") -> None:
+        """Frees the model's copy on a CUDA device (``gs_context_release_model``); the next
+        call there uploads it again. Nothing to do on the CPU or where it was never used."""
+        kind, ordinal = parse_device(device)
+        if kind == _lib.GS_DEVICE_CPU:
+            return
+        lib = _lib.load()
+        _lib.check(lib.gs_context_release_model(context(kind, ordinal).handle, self._handle))
+
     # ---- operations ----------------------------------------------------------------------
 
-    def skip(self, x, frm, to, *, out=None):
+    def skip(self, x: Array, frm: Levels, to: Levels, *, out: Optional[Array] = None) -> Array:
         """Exact PF-ODE jump of every row of ``x`` from level ``frm`` to level ``to``.
 
-        Levels: :class:`Noise`, a number (EDM sigma), or a sequence of batch length (one
-        level per row). ``frm`` must have sigma > 0; ``to`` may be 0 (the data end) or
-        noisier than ``frm`` (exact inversion). ``out``: an optional preallocated output
-        like ``x`` (written only on success).
+        Levels: :class:`Noise`, a number (EDM sigma), a sequence of batch length (one level
+        per row), or an array/tensor of EDM sigmas of shape ``(1,)``, ``(batch,)`` or
+        ``(batch, 1, ..., 1)``. ``frm`` must have sigma > 0; ``to`` may be 0 (the data end)
+        or noisier than ``frm`` (exact inversion). ``out``: an optional preallocated output
+        like ``x`` (written only on success; ``out=x`` works in place).
         """
         lf, lt = as_levels(frm, "from"), as_levels(to, "to")
         lib = _lib.load()
 
-        def call(ctx, code, xp, op, batch, stream):
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
             if isinstance(lf, Noise) and isinstance(lt, Noise):
-                return lib.gs_skip(ctx, self._handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
+                return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
             f = _rows(lf, batch, "from")
             t = _rows(lt, batch, "to")
-            return lib.gs_skip_rows(ctx, self._handle, code, xp, op, batch, _noise_array(f), _noise_array(t), stream)
+            return lib.gs_skip_rows(ctx, handle, code, xp, op, batch, _noise_array(f), _noise_array(t), stream)
 
-        return self._execute(x, out, 1, call)
+        return self._apply(x, out, call)
 
-    def denoise(self, x, at, *, out=None):
-        """Posterior mean E[x0 | x_t] of every row at level ``at`` (one or one per row)."""
+    def denoise(self, x: Array, at: Levels, *, out: Optional[Array] = None) -> Array:
+        """Posterior mean E[x0 | x_t] of every row at level ``at`` (one, or one per row as
+        for :meth:`skip`)."""
         la = as_levels(at, "at")
         lib = _lib.load()
 
-        def call(ctx, code, xp, op, batch, stream):
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
             if isinstance(la, Noise):
-                return lib.gs_denoise(ctx, self._handle, code, xp, op, batch, _noise_c(la), stream)
+                return lib.gs_denoise(ctx, handle, code, xp, op, batch, _noise_c(la), stream)
             a = _rows(la, batch, "at")
-            return lib.gs_denoise_rows(ctx, self._handle, code, xp, op, batch, _noise_array(a), stream)
+            return lib.gs_denoise_rows(ctx, handle, code, xp, op, batch, _noise_array(a), stream)
 
-        return self._execute(x, out, 1, call)
+        return self._apply(x, out, call)
 
-    def skip_trajectory(self, x, frm, levels, *, out=None):
+    def skip_trajectory(self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None) -> Array:
         """The states along the exact path from ``frm`` at each of ``levels`` (one
         projection for all): output shape ``(len(levels), *x.shape)``.
 
@@ -323,12 +338,12 @@ class Model:
         """
         return self._trajectory("gs_skip_trajectory", x, frm, levels, out)
 
-    def x0_trajectory(self, x, frm, levels, *, out=None):
+    def x0_trajectory(self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None) -> Array:
         """The x0-predictions along the exact path from ``frm`` at each of ``levels``:
         the "outline first, details later" view. Output shape ``(len(levels), *x.shape)``."""
         return self._trajectory("gs_x0_trajectory", x, frm, levels, out)
 
-    def _trajectory(self, fn_name, x, frm, levels, out):
+    def _trajectory(self, fn_name: str, x: Any, frm: Levels, levels: Levels, out: Any) -> Any:
         lf = as_levels(frm, "from")
         if not isinstance(lf, Noise):
             raise InvalidArgumentError(
@@ -338,98 +353,99 @@ class Model:
             )
         lv = as_level_list(levels, "levels")
         fn = getattr(_lib.load(), fn_name)
-        arr = _noise_array(lv)
 
-        def call(ctx, code, xp, op, batch, stream):
-            return fn(ctx, self._handle, code, xp, op, batch, _noise_c(lf), arr, len(lv), stream)
+        def call_for(lvs: List[Noise]) -> _Call:
+            arr = _noise_array(lvs)
 
-        return self._execute(x, out, len(lv), call, trajectory=True)
+            def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
+                return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), stream)
 
-    # ---- buffers ---------------------------------------------------------------------------
+            return call
 
-    def _execute(self, x, out, slabs: int, call, trajectory: bool = False):
-        if _is_torch(x):
-            return self._execute_torch(x, out, slabs, call, trajectory)
-        return self._execute_numpy(x, out, slabs, call, trajectory)
+        return self._apply(x, out, call_for(lv), slabs=len(lv), per_level=lambda i: call_for([lv[i]]))
 
-    def _execute_numpy(self, x, out, slabs, call, trajectory):
-        arr = np.asarray(x)
-        if arr.dtype == np.float64:
-            work = np.float32
-        elif arr.dtype in _NUMPY_CODES:
-            work = arr.dtype
-        else:
-            raise _dtype_error(arr.dtype)
-        code = _NUMPY_CODES[np.dtype(work)]
-        batch = _batch_of(arr.shape, self.dim)
-        src = np.ascontiguousarray(arr, dtype=work)
-        shape = (slabs, *arr.shape) if trajectory else arr.shape
-        direct = out is not None and arr.dtype == work
-        if direct:
-            _check_numpy_out(out, shape, arr.dtype)
-            dst = out
-        else:
-            dst = np.empty(shape, dtype=work)
-        ctx = _context(_lib.GS_DEVICE_CPU)
-        _lib.check(call(ctx.handle, code, src.ctypes.data, dst.ctypes.data, batch, None))
-        if direct:
-            return out
-        if out is not None:
-            _check_numpy_out(out, shape, arr.dtype)
-            out[...] = dst
-            return out
-        return dst.astype(arr.dtype) if arr.dtype != work else dst
+    # ---- buffers and autograd -------------------------------------------------------------
 
-    def _execute_torch(self, x, out, slabs, call, trajectory):
+    def _apply(
+        self,
+        x: Any,
+        out: Any,
+        call: _Call,
+        slabs: int = 1,
+        per_level: Optional[Callable[[int], _Call]] = None,
+    ) -> Any:
+        """Runs ``call`` on x (a trajectory when ``per_level`` gives the call of each level)."""
+        trajectory = per_level is not None
+
+        def bound(handle: Any) -> Callable[..., int]:
+            return lambda *args: call(handle, *args)
+
+        if not _arrays.is_torch(x):
+            return _arrays.run_numpy(bound(self._handle), self.dim, x, out, slabs, trajectory)
+
+        def forward(t: Any, o: Any = None) -> Any:
+            return _arrays.run_torch(bound(self._handle), self.dim, t, o, slabs, trajectory)
+
         import torch
 
-        codes = _torch_codes(torch)
-        x = x.detach()
-        shape = (slabs, *x.shape) if trajectory else tuple(x.shape)
-        batch = _batch_of(tuple(x.shape), self.dim)
-        if x.is_cuda:
-            if x.dtype not in codes:
-                raise _dtype_error(x.dtype)
-            if not x.is_contiguous():
-                raise InvalidArgumentError(
-                    "invalid argument `x`: CUDA tensors must be contiguous (call .contiguous() "
-                    "first; the device path never copies)",
-                    2,
-                )
-            if out is None:
-                out = torch.empty(shape, dtype=x.dtype, device=x.device)
-            else:
-                _check_torch_out(out, shape, x.dtype, x.device)
-            ordinal = x.device.index if x.device.index is not None else torch.cuda.current_device()
-            ctx = _context(_lib.GS_DEVICE_CUDA, ordinal)
-            stream = torch.cuda.current_stream(x.device).cuda_stream
-            _lib.check(call(ctx.handle, codes[x.dtype], x.data_ptr(), out.data_ptr(), batch, stream))
-            return out
-        if x.device.type != "cpu":
-            raise InvalidArgumentError(
-                f"invalid argument `x`: tensors on {x.device.type} are not supported (CPU or CUDA)", 2
-            )
-        orig = x.dtype
-        if orig == torch.float64:
-            x = x.to(torch.float32)
-        elif orig not in codes:
-            raise _dtype_error(orig)
-        src = x.contiguous()
-        direct = out is not None and orig == src.dtype
-        if direct:
-            _check_torch_out(out, shape, orig, src.device)
-            dst = out
-        else:
-            dst = torch.empty(shape, dtype=src.dtype)
-        ctx = _context(_lib.GS_DEVICE_CPU)
-        _lib.check(call(ctx.handle, codes[src.dtype], src.data_ptr(), dst.data_ptr(), batch, None))
-        if direct:
-            return out
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return forward(x, out)
         if out is not None:
-            _check_torch_out(out, shape, orig, src.device)
-            out.copy_(dst)
-            return out
-        return dst.to(orig) if orig != dst.dtype else dst
+            raise InvalidArgumentError(
+                "invalid argument `out`: calls with out= do not support automatic "
+                "differentiation (`x` requires grad); drop out= or call under torch.no_grad()",
+                2,
+            )
+        from . import _autograd
+
+        linear = self._linear_part()
+        if per_level is None:
+            return _autograd.apply(x, forward, lambda g: linear._apply(g, None, call))
+        levels = per_level
+
+        def adjoint(g: Any) -> Any:
+            # out[i] = A_i x + c_i, so the gradient is sum_i A_i g[i].
+            total = None
+            for i in range(slabs):
+                call_i = levels(i)
+                term = linear._apply(g[i], None, call_i, 1, _constant(call_i))[0]
+                total = term if total is None else total + term
+            return total
+
+        return _autograd.apply(x, forward, adjoint)
+
+    def _linear_part(self) -> "Model":
+        """The model with a zero mean: its operations are the linear parts of this model's
+        (the same eigenvectors, eigenvalues and residual variance), used for gradients."""
+        linear = self.__dict__.get("_linear")
+        if linear is None:
+            with _linear_lock:
+                linear = self.__dict__.get("_linear")
+                if linear is None:
+                    m, v, e, r = self._parts(True, True, True, True)
+                    assert m is not None
+                    if not m.any():
+                        linear = self
+                    else:
+                        linear = Model._through_file(np.zeros_like(m), v, e, r, _DEFAULT_META)
+                    self._linear = linear
+        return linear
+
+
+def _constant(call: _Call) -> Callable[[int], _Call]:
+    """The per-level calls of a one-level trajectory."""
+    return lambda _: call
+
+
+_linear_lock = threading.Lock()
+
+_DEFAULT_META = {"format": "gaussskip", "format_version": "1"}
+
+
+def _unpickle(mean: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, residual_var: float, metadata: Dict[str, str]) -> Model:
+    model = Model._through_file(mean, eigvals, eigvecs, residual_var, metadata or _DEFAULT_META)
+    model._metadata = dict(metadata)
+    return model
 
 
 def _rows(levels: Union[Noise, List[Noise]], batch: int, name: str) -> List[Noise]:
@@ -443,31 +459,9 @@ def _rows(levels: Union[Noise, List[Noise]], batch: int, name: str) -> List[Nois
     return levels
 
 
-def _check_numpy_out(out, shape, dtype) -> None:
-    if not isinstance(out, np.ndarray):
-        raise InvalidArgumentError(f"invalid argument `out`: expected a NumPy array, got {type(out).__name__}", 2)
-    if out.shape != tuple(shape) or out.dtype != dtype:
-        raise ShapeMismatchError(
-            f"`out` has the wrong size: expected shape {tuple(shape)} of {dtype}, got {out.shape} of {out.dtype}", 3
-        )
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise InvalidArgumentError("invalid argument `out`: must be C-contiguous and writeable", 2)
-
-
-def _check_torch_out(out, shape, dtype, device) -> None:
-    if not _is_torch(out):
-        raise InvalidArgumentError(f"invalid argument `out`: expected a tensor, got {type(out).__name__}", 2)
-    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
-        raise ShapeMismatchError(
-            f"`out` has the wrong size: expected shape {tuple(shape)} of {dtype} on {device}, "
-            f"got {tuple(out.shape)} of {out.dtype} on {out.device}",
-            3,
-        )
-    if not out.is_contiguous():
-        raise InvalidArgumentError("invalid argument `out`: must be contiguous", 2)
-
-
-def _metadata(item_shape, value_space: str, source: str, sample_count: int, dim: int) -> Dict[str, str]:
+def _metadata(
+    item_shape: Optional[Sequence[int]], value_space: str, source: str, sample_count: int, dim: int
+) -> Dict[str, str]:
     """The file metadata for from_arrays, or {} when nothing beyond the defaults is given."""
     if item_shape is None and not value_space and not source and not sample_count:
         return {}

@@ -8,9 +8,11 @@ array of EDM sigmas) of batch length gives one level per row.
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import List, Sequence, Union
+from typing import Any, List, Sequence, Union, overload
 
 import numpy as np
+
+from .errors import InvalidArgumentError, ShapeMismatchError
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,30 @@ class Noise:
 LevelLike = Union[Noise, float, int]
 
 
-def _map(fn, value):
+def _map(fn: Any, value: Any) -> Any:
     if isinstance(value, Real) or np.ndim(value) == 0:
         return fn(float(value))
     return [fn(float(v)) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
 
 
-def edm(sigma) -> Union[Noise, List[Noise]]:
+@overload
+def edm(sigma: float) -> Noise: ...
+@overload
+def edm(sigma: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def edm(sigma: Any) -> Union[Noise, List[Noise]]:
     """EDM / VE / k-diffusion level: alpha = 1. An array gives a list (one level per row)."""
     return _map(lambda s: Noise(1.0, s), sigma)
 
 
-def vp(alpha_bar) -> Union[Noise, List[Noise]]:
+@overload
+def vp(alpha_bar: float) -> Noise: ...
+@overload
+def vp(alpha_bar: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def vp(alpha_bar: Any) -> Union[Noise, List[Noise]]:
     """VP (DDPM/DDIM/DPM-Solver) level from alpha_bar: alpha = sqrt(alpha_bar),
     sigma = sqrt(1 - alpha_bar). An array gives a list."""
 
@@ -55,7 +69,13 @@ def vp(alpha_bar) -> Union[Noise, List[Noise]]:
     return _map(one, alpha_bar)
 
 
-def flow(t) -> Union[Noise, List[Noise]]:
+@overload
+def flow(t: float) -> Noise: ...
+@overload
+def flow(t: Union[Sequence[float], np.ndarray]) -> List[Noise]: ...
+
+
+def flow(t: Any) -> Union[Noise, List[Noise]]:
     """Rectified-flow / flow-matching level (SD3, Flux): alpha = 1 - t, sigma = t."""
     return _map(lambda s: Noise(1.0 - s, s), t)
 
@@ -76,47 +96,95 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     return np.append(out, 0.0)
 
 
-def as_level(value, name: str) -> Noise:
-    """One level from a Noise, a number (EDM sigma) or a 0-d array/tensor."""
+def _grad_check(value, name: str) -> None:
+    """Levels are constants for autograd: refuse a tensor that would need a gradient rather
+    than drop it silently."""
+    if getattr(value, "requires_grad", False):
+        import torch
+
+        if torch.is_grad_enabled():
+            raise InvalidArgumentError(
+                f"invalid argument `{name}`: gradients with respect to noise levels are not "
+                f"supported; pass `{name}.detach()` (gradients flow to `x` only)",
+                2,
+            )
+
+
+def _numbers(value, name: str) -> np.ndarray:
+    """A float64 array of EDM sigmas from a tensor, an array or a sequence of numbers."""
+    if hasattr(value, "detach") and hasattr(value, "dtype"):  # a torch tensor
+        _grad_check(value, name)
+        # .cpu() synchronises a CUDA tensor: give Python floats inside CUDA graph capture.
+        value = value.detach().cpu().double().numpy()
+    try:
+        # (np.asarray would read "80" as a number)
+        text = isinstance(value, (str, bytes)) or (
+            isinstance(value, (list, tuple)) and any(isinstance(v, (str, bytes)) for v in value)
+        )
+        arr = None if text else np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise TypeError(
+            f"`{name}` must be a noise level (gaussskip.Noise or a number meaning EDM sigma), a "
+            f"sequence of them of batch length, or an array/tensor of EDM sigmas, got "
+            f"{_describe(value)}"
+        )
+    return arr
+
+
+def _describe(value) -> str:
+    if isinstance(value, (list, tuple)) and value:
+        inner = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__} of {', '.join(inner)}"
+    return type(value).__name__
+
+
+def as_levels(value, name: str) -> Union[Noise, List[Noise]]:
+    """One level for all rows, or a list of per-row levels.
+
+    Accepts a :class:`Noise`; a number (EDM sigma); a sequence of Noise/numbers; or an
+    array/tensor of EDM sigmas of shape ``()``, ``(1,)``, ``(1, ..., 1)`` (one level for
+    all rows) or ``(batch,)``, ``(batch, 1, ..., 1)`` (one per row: the shapes that
+    broadcast against ``x`` in PyTorch code, e.g. ``sigma[:, None, None, None]``).
+    """
     if isinstance(value, Noise):
         return value
     if isinstance(value, Real):
         return Noise(1.0, float(value))
-    if hasattr(value, "detach") and getattr(value, "ndim", None) == 0:
-        return Noise(1.0, float(value.item()))
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return Noise(1.0, float(value))
-    raise TypeError(
-        f"`{name}` must be a noise level (gaussskip.Noise or a number meaning EDM sigma), got {type(value).__name__}"
-    )
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Noise) for v in value):
+        return [v if isinstance(v, Noise) else as_level(v, name) for v in value]
+    arr = _numbers(value, name)
+    if arr.size == 1:
+        return Noise(1.0, float(arr.reshape(())))
+    if arr.ndim == 0 or arr.size == 0 or any(n != 1 for n in arr.shape[1:]):
+        raise ShapeMismatchError(
+            f"`{name}` has the wrong size: levels must be one value, or one per row with shape "
+            f"(batch,) or (batch, 1, ..., 1), got shape {arr.shape}",
+            3,
+        )
+    return [Noise(1.0, float(v)) for v in arr.reshape(-1)]
 
 
-def as_levels(value, name: str) -> Union[Noise, List[Noise]]:
-    """A single level, or a list of levels from a sequence / 1-D array / 1-D tensor."""
-    try:
-        return as_level(value, name)
-    except TypeError:
-        pass
-    if hasattr(value, "detach"):  # a torch tensor: .tolist() (synchronises a CUDA tensor)
-        value = value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1:
-            raise TypeError(f"`{name}`: per-row levels must be 1-D, got shape {value.shape}")
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [as_level(v, name) for v in value]
-    raise TypeError(
-        f"`{name}` must be a noise level (gaussskip.Noise or a number meaning EDM sigma) or a "
-        f"sequence of them of batch length, got {type(value).__name__}"
+def as_level(value, name: str) -> Noise:
+    """Exactly one level (Noise, number, or a one-element array/tensor)."""
+    levels = as_levels(value, name)
+    if isinstance(levels, Noise):
+        return levels
+    raise InvalidArgumentError(
+        f"invalid argument `{name}`: expected one noise level, got {len(levels)}", 2
     )
 
 
 def as_level_list(value, name: str) -> List[Noise]:
-    """A non-empty list of levels (trajectory levels)."""
-    levels = as_levels(value, name)
-    if isinstance(levels, Noise):
-        return [levels]
-    return levels
+    """A list of levels (trajectory levels): a sequence, or an array/tensor of any shape
+    holding EDM sigmas (flattened)."""
+    if isinstance(value, Noise) or isinstance(value, Real):
+        return [as_levels(value, name)]  # type: ignore[list-item]
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Noise) for v in value):
+        return [v if isinstance(v, Noise) else as_level(v, name) for v in value]
+    return [Noise(1.0, float(v)) for v in _numbers(value, name).reshape(-1)]
 
 
-Levels = Union[LevelLike, Sequence[LevelLike]]
+Levels = Union[LevelLike, Sequence[LevelLike], np.ndarray, Any]
+"""A noise level, a sequence of them, or an array/tensor of EDM sigmas (see :func:`as_levels`)."""

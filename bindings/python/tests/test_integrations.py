@@ -145,10 +145,67 @@ def test_diffusers_skip_orders_and_parameterizations(toy):
     with pytest.raises(ValueError, match="k \\* order"):
         gs.diffusers_skip(model, FakeHeunScheduler(4), x, 4)
 
-    class Old:
+    class NoBeginIndex:  # DDIM/DDPM-like: finds its place from the timestep itself
         order = 1
+        init_noise_sigma = 3.0
         timesteps = [3, 2, 1]
         sigmas = [3.0, 2.0, 1.0, 0.0]
 
-    with pytest.raises(TypeError, match="set_begin_index"):
-        gs.diffusers_skip(model, Old(), x, 1)
+    out, ts = gs.diffusers_skip(model, NoBeginIndex(), x * 3, 1)
+    assert list(ts) == [2, 1]
+    assert rel_err(out, ref.skip(x * 3, 3.0, 2.0)) <= 1e-5
+
+
+class Config(dict):
+    """diffusers' FrozenDict config: a dict."""
+
+
+class DPMFlowSigmas:
+    """DPMSolverMultistepScheduler(use_flow_sigmas=True): VP-looking (init_noise_sigma 1)
+    but its sigmas are flow times."""
+
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(self, **config):
+        self.config = Config(config)
+        self.sigmas = np.linspace(1.0, 0.0, 11)
+        self.timesteps = self.sigmas[:-1] * 1000
+
+    def set_begin_index(self, i):
+        self.begin = i
+
+
+def test_flow_configurations_are_detected_from_the_config(toy):
+    model, ref = toy
+    x = np.random.default_rng(3).standard_normal((2, 20)).astype(np.float32)
+    for config in ({"use_flow_sigmas": True}, {"prediction_type": "flow_prediction"}):
+        sched = DPMFlowSigmas(**config)
+        assert gs.integrations.guess_parameterization(sched) == "flow"
+        out, _ = gs.diffusers_skip(model, sched, x, 3)
+        assert rel_err(out, ref.skip(x, gs.flow(1.0), gs.flow(0.7))) <= 1e-5
+    plain = DPMFlowSigmas(prediction_type="epsilon")
+    assert gs.integrations.guess_parameterization(plain) == "vp"
+    assert gs.integrations.scheduler_level(plain, 3) == gs.vp(1.0 / (1.0 + 0.7**2))
+
+
+def test_lms_warns_and_unknown_schedulers_are_refused(toy):
+    model, _ = toy
+    x = np.ones((2, 20), np.float32)
+
+    class LMSLike(FakeHeunScheduler):
+        order = 1
+        derivatives = []
+
+        def get_lms_coefficient(self, order, t, current_order):
+            return 1.0
+
+    with pytest.warns(UserWarning, match="multistep history"):
+        gs.diffusers_skip(model, LMSLike(6), x * 80, 2)
+
+    class Tokens:  # a scheduler of discrete tokens: no Gaussian noise level to read
+        order = 1
+        timesteps = [3, 2, 1]
+
+    with pytest.raises(TypeError, match="neither `sigmas` nor `alphas_cumprod`"):
+        gs.diffusers_skip(model, Tokens(), x, 1)

@@ -289,3 +289,135 @@ def test_pure_numpy_parts_work_without_the_library(tmp_path):
     r = _run_isolated(tmp_path, {"GAUSSSKIP_LIB": "/nonexistent/libgaussskip.so"}, code)
     assert r.returncode == 0, r.stderr
     assert "COUNT 4 Noise(alpha=1.0, sigma=2.0) 0.0" in r.stdout
+
+
+# ---- byte order, in-place, layouts, levels as arrays -------------------------------------
+
+
+@pytest.mark.parametrize("dtype,tol", [(">f4", F32_TOL), (">f8", F32_TOL), (">f2", F16_TOL)])
+def test_big_endian_arrays_are_converted(toy, dtype, tol):
+    model, ref = toy
+    x = noisy(model, 5, 3.0, seed=20).astype(dtype)
+    got = model.skip(x, 80.0, 2.0)
+    assert got.dtype == np.dtype(dtype).newbyteorder("=") and got.dtype.isnative
+    assert rel_err(got, ref.skip(x.astype(np.float64), 80.0, 2.0)) <= tol
+    out = np.full(x.shape, np.nan, dtype=dtype)  # an out= in the same byte order
+    assert model.skip(x, 80.0, 2.0, out=out) is out
+    np.testing.assert_array_equal(out, got)
+
+
+def test_out_may_be_x_itself(toy):
+    model, ref = toy
+    x = noisy(model, 6, 3.0, seed=21)
+    want = ref.skip(x, 80.0, 1.0)
+    same = x
+    assert model.skip(x, 80.0, 1.0, out=x) is same
+    assert rel_err(x, want) <= F32_TOL
+    # In place with per-row levels and for denoise; a failed call leaves x untouched.
+    y = noisy(model, 3, 3.0, seed=22)
+    want = ref.denoise(y, [1.0, 2.0, 3.0])
+    model.denoise(y, np.array([1.0, 2.0, 3.0]), out=y)
+    assert rel_err(y, want) <= F32_TOL
+    before = y.copy()
+    with pytest.raises(gs.InvalidNoiseError):
+        model.skip(y, 0.0, 1.0, out=y)
+    np.testing.assert_array_equal(y, before)
+    # A view overlapping x partially (out = x shifted by one row) is handled the same way.
+    buf = noisy(model, 4, 3.0, seed=23)
+    src = buf[:3]
+    want = ref.skip(src, 50.0, 5.0)
+    model.skip(src, 50.0, 5.0, out=buf[1:])
+    assert rel_err(buf[1:], want) <= F32_TOL
+
+
+def test_out_in_any_layout(toy):
+    model, ref = toy
+    x = noisy(model, 4, 3.0, seed=24)
+    out = np.asfortranarray(np.full(x.shape, np.nan, np.float32))
+    assert model.skip(x, 80.0, 1.0, out=out) is out
+    assert rel_err(out, ref.skip(x, 80.0, 1.0)) <= F32_TOL
+    with pytest.raises(gs.InvalidArgumentError, match="read-only"):
+        ro = np.empty_like(x)
+        ro.flags.writeable = False
+        model.skip(x, 80.0, 1.0, out=ro)
+
+
+def test_levels_as_arrays_broadcast(toy):
+    model, ref = toy
+    x = noisy(model, 4, 10.0, seed=25)
+    rows = np.array([80.0, 40.0, 20.0, 10.0])
+    want = ref.skip(x, list(rows), 1.0)
+    for shaped in (rows, rows.reshape(4, 1), rows.reshape(4, 1, 1, 1), list(rows), tuple(rows)):
+        assert rel_err(model.skip(x, shaped, 1.0), want) <= F32_TOL
+    for one in (np.array([80.0]), np.array(80.0), np.full((1, 1, 1, 1), 80.0), [80.0], np.float32(80.0)):
+        assert rel_err(model.skip(x, one, 1.0), ref.skip(x, 80.0, 1.0)) <= F32_TOL
+    with pytest.raises(gs.ShapeMismatchError, match=r"one per row with shape \(batch,\)"):
+        model.skip(x, np.full((2, 4), 80.0), 1.0)
+    with pytest.raises(gs.ShapeMismatchError, match=r"expected 4 levels \(one per row\), got 2"):
+        model.skip(x, np.array([80.0, 40.0]), 1.0)
+    with pytest.raises(TypeError, match="got str"):
+        model.skip(x, "80", 1.0)
+    with pytest.raises(TypeError, match="got list of str"):
+        model.skip(x, ["80", "40", "20", "10"], 1.0)
+    with pytest.raises(gs.InvalidArgumentError, match="one source level for all rows"):
+        model.skip_trajectory(x, rows, [1.0])
+    traj = model.skip_trajectory(x, np.array([80.0]), np.array([[10.0], [1.0]]))
+    assert traj.shape == (2, *x.shape)
+
+
+# ---- pickling, copies, devices -------------------------------------------------------------
+
+
+def _skip_in_worker(model, x):
+    return model.skip(x, 80.0, 1.0)
+
+
+def test_models_pickle_by_value(tmp_path):
+    import copy
+    import multiprocessing
+    import pickle
+
+    mean, vals, vecs, resid = make_parts(12, 5, 0.03, seed=26)
+    vals[-1] = 0.001  # not representable in float32: must survive exactly (float64)
+    m = gs.Model.from_arrays(mean.reshape(3, 4), vals, vecs, resid, value_space="[-1,1]", source="pickle test")
+    back = pickle.loads(pickle.dumps(m))
+    assert back is not m and (back.dim, back.rank) == (12, 5)
+    np.testing.assert_array_equal(back.eigvals, m.eigvals)
+    assert back.eigvals[-1] == 0.001
+    np.testing.assert_array_equal(back.eigvecs, m.eigvecs)
+    np.testing.assert_array_equal(back.mean, m.mean)
+    assert back.residual_var == m.residual_var and back.metadata == m.metadata
+    plain = gs.Model.from_arrays(mean, vals, vecs, resid)  # no metadata: none after a round trip
+    assert pickle.loads(pickle.dumps(plain)).metadata == {}
+    assert copy.copy(m) is m and copy.deepcopy(m) is m  # immutable
+    x = noisy(m, 3, 5.0, seed=27)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        got = pool.apply(_skip_in_worker, (m, x))
+    np.testing.assert_array_equal(got, m.skip(x, 80.0, 1.0))
+
+
+def _libcuda_present():
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def test_prepare_and_release_arguments(toy):
+    model, _ = toy
+    model.prepare(64, "cpu")  # nothing to do on the CPU
+    model.release("cpu")
+    for bad in ("tpu", "cpu:1", "cuda:x", "cuda:-1", -1, True):
+        with pytest.raises(gs.InvalidArgumentError, match="device"):
+            model.prepare(8, bad)
+    for bad in (0, -3, 2.5, None):
+        with pytest.raises(gs.InvalidArgumentError, match="max_batch"):
+            model.prepare(bad, "cpu")
+    with pytest.raises(gs.InvalidArgumentError, match="max_levels"):
+        model.prepare(8, "cpu", max_levels=0)
+    if not _libcuda_present():
+        with pytest.raises(gs.NoCudaError):
+            model.prepare(8, "cuda:0")

@@ -1,0 +1,173 @@
+"""NumPy arrays and PyTorch tensors in and out of the library's buffers.
+
+The library reads and writes dense row-major rows of float32/float16/bfloat16 and refuses an
+output that overlaps its input. Everything else is handled here, with one copy where the
+layout needs it: float64 (computed in float32), non-native byte order, non-contiguous input,
+an output in another memory format (channels_last) or that aliases the input (``out=x``).
+The result has the input's shape, dtype and (for tensors) memory format.
+"""
+
+from math import prod
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from . import _lib
+from ._context import context
+from .errors import InvalidArgumentError, ShapeMismatchError, UnsupportedDtypeError
+
+# call(ctx, dtype_code, x_ptr, out_ptr, batch, stream) -> status
+Call = Callable[[Any, int, int, int, int, Optional[int]], int]
+
+_NUMPY_CODES = {np.dtype(np.float32): _lib.GS_DTYPE_F32, np.dtype(np.float16): _lib.GS_DTYPE_F16}
+
+
+def is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "data_ptr")
+
+
+def batch_of(shape: Tuple[int, ...], dim: int) -> int:
+    if len(shape) >= 1 and prod(shape[1:]) == dim:
+        return int(shape[0])
+    if prod(shape) == dim:
+        return 1
+    raise ShapeMismatchError(
+        f"`x` has the wrong size: expected shape (batch, *item) with {dim} values per item, "
+        f"or one item of {dim} values, got shape {tuple(shape)}",
+        3,
+    )
+
+
+def _dtype_error(got: Any) -> UnsupportedDtypeError:
+    return UnsupportedDtypeError(
+        f"unsupported dtype: `x` has dtype {got}; gaussskip takes float32, float16 or bfloat16 "
+        "(float64 is computed in float32, other byte orders are converted)",
+        9,
+    )
+
+
+# ---- NumPy ----------------------------------------------------------------------------
+
+
+def run_numpy(call: Call, dim: int, x: Any, out: Any, slabs: int, trajectory: bool) -> np.ndarray:
+    arr = np.asarray(x)
+    native = arr.dtype.newbyteorder("=")
+    if native == np.float64:
+        work = np.dtype(np.float32)
+    elif native in _NUMPY_CODES:
+        work = native
+    else:
+        raise _dtype_error(arr.dtype)
+    batch = batch_of(arr.shape, dim)
+    shape = (slabs, *arr.shape) if trajectory else tuple(arr.shape)
+    src = np.ascontiguousarray(arr, dtype=work)
+    if out is not None:
+        _check_numpy_out(out, shape, native)
+        direct = out.dtype == work and out.flags.c_contiguous
+        if direct and np.may_share_memory(src, out):
+            src = src.copy()  # out=x: the library reads and writes different buffers
+        dst = out if direct else np.empty(shape, work)
+    else:
+        dst = np.empty(shape, work)
+    ctx = context(_lib.GS_DEVICE_CPU)
+    _lib.check(call(ctx.handle, _NUMPY_CODES[work], src.ctypes.data, dst.ctypes.data, batch, None))
+    if out is not None:
+        if dst is not out:
+            out[...] = dst
+        return out
+    return dst if work == native else dst.astype(native)
+
+
+def _check_numpy_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+    if not isinstance(out, np.ndarray):
+        raise InvalidArgumentError(f"invalid argument `out`: expected a NumPy array, got {type(out).__name__}", 2)
+    if out.shape != tuple(shape) or out.dtype.newbyteorder("=") != dtype:
+        raise ShapeMismatchError(
+            f"`out` has the wrong size: expected shape {tuple(shape)} of {dtype}, got {out.shape} of {out.dtype}", 3
+        )
+    if not out.flags.writeable:
+        raise InvalidArgumentError("invalid argument `out`: the array is read-only", 2)
+
+
+# ---- PyTorch --------------------------------------------------------------------------
+
+
+def _torch_codes(torch: Any) -> dict:
+    return {torch.float32: _lib.GS_DTYPE_F32, torch.float16: _lib.GS_DTYPE_F16, torch.bfloat16: _lib.GS_DTYPE_BF16}
+
+
+def _memory_format(torch: Any, x: Any) -> Any:
+    """x's memory format when it is not plain contiguous (channels_last), else None."""
+    if x.is_contiguous():
+        return None
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _overlaps(a: Any, b: Any) -> bool:
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def run_torch(call: Call, dim: int, x: Any, out: Any, slabs: int, trajectory: bool) -> Any:
+    """The operation on a tensor (no autograd here: see _autograd). CUDA tensors are read and
+    written on ``torch.cuda.current_stream(x.device)`` without any synchronisation."""
+    import torch
+
+    codes = _torch_codes(torch)
+    x = x.detach()
+    orig = x.dtype
+    if orig == torch.float64:
+        work = torch.float32
+    elif orig in codes:
+        work = orig
+    else:
+        raise _dtype_error(orig)
+    if x.device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(
+            f"invalid argument `x`: tensors on {x.device.type} are not supported (CPU or CUDA)", 2
+        )
+    batch = batch_of(tuple(x.shape), dim)
+    shape = (slabs, *x.shape) if trajectory else tuple(x.shape)
+    src = x.to(work).contiguous()  # both no-ops for a contiguous tensor of a library dtype
+    if out is not None:
+        _check_torch_out(torch, out, shape, orig, x.device)
+        direct = out.dtype == work and out.is_contiguous()
+        if direct and _overlaps(src, out):
+            src = src.clone()  # out=x: the library reads and writes different buffers
+        dst = out if direct else torch.empty(shape, dtype=work, device=x.device)
+    else:
+        dst = torch.empty(shape, dtype=work, device=x.device)
+    if x.is_cuda:
+        ordinal = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        ctx = context(_lib.GS_DEVICE_CUDA, ordinal)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+    else:
+        ctx = context(_lib.GS_DEVICE_CPU)
+        stream = None
+    _lib.check(call(ctx.handle, codes[work], src.data_ptr(), dst.data_ptr(), batch, stream))
+    if out is not None:
+        if dst is not out:
+            out.copy_(dst)
+        return out
+    fmt = _memory_format(torch, x)
+    if fmt is None:
+        return dst if work == orig else dst.to(orig)
+    # Keep x's memory format; a trajectory keeps it in every slab.
+    flat = (slabs * x.shape[0], *x.shape[1:]) if trajectory else tuple(x.shape)
+    res = torch.empty(flat, dtype=orig, device=x.device, memory_format=fmt).view(shape)
+    return res.copy_(dst)
+
+
+def _check_torch_out(torch: Any, out: Any, shape: Tuple[int, ...], dtype: Any, device: Any) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise InvalidArgumentError(f"invalid argument `out`: expected a tensor, got {type(out).__name__}", 2)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
+        raise ShapeMismatchError(
+            f"`out` has the wrong size: expected shape {tuple(shape)} of {dtype} on {device}, "
+            f"got {tuple(out.shape)} of {out.dtype} on {out.device}",
+            3,
+        )
