@@ -44,7 +44,7 @@ cp scripts/gpu_bench.py "$carry.tmp/bench/"
 mkdir -p "$carry.tmp/python" "$carry.tmp/python-tests"
 cp -r bindings/python/gaussskip "$carry.tmp/python/"
 cp target/release/libgaussskip.so "$carry.tmp/python/gaussskip/"
-cp bindings/python/tests/*.py "$carry.tmp/python-tests/"
+cp bindings/python/tests/conftest.py bindings/python/tests/test_torch.py "$carry.tmp/python-tests/"
 if [ -f ../shared/bench/torch_peer.py ]; then cp ../shared/bench/torch_peer.py "$carry.tmp/bench/"; fi
 cat > "$carry.tmp/run_gpu.sh" <<'RUN'
 #!/usr/bin/env bash

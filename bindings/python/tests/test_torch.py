@@ -7,6 +7,8 @@ GPU run (H100/H200), from the repository root, with the library built here:
 bindings/python/tests/test_torch.py`` (or against an installed wheel).
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -193,15 +195,22 @@ def test_torch_compile_runs_the_call_eagerly_between_graphs(toy):
 # ---- CUDA tensors ----------------------------------------------------------------------
 
 
+def skip_or_fail(reason):
+    # The GPU run sets GAUSSSKIP_REQUIRE_CUDA=1: a missing GPU is then a failure, not a skip.
+    if os.environ.get("GAUSSSKIP_REQUIRE_CUDA"):
+        pytest.fail(f"GAUSSSKIP_REQUIRE_CUDA is set but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def cuda_model(toy):
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device visible to PyTorch")
+        skip_or_fail("no CUDA device visible to PyTorch")
     model, ref = toy
     try:
         model.skip(torch.zeros(1, model.dim, device="cuda") + 1.0, 80.0, 1.0)
     except gs.NoCudaError as e:
-        pytest.skip(f"the library has no usable CUDA backend: {e}")
+        skip_or_fail(f"the library has no usable CUDA backend: {e}")
     return model, ref
 
 
@@ -307,6 +316,31 @@ def test_cuda_graph_capture_after_prepare(cuda_model):
         static_x.copy_(new)
         static_out.fill_(float("nan"))
         g.replay()
+        torch.cuda.synchronize()
+        assert rel_err(to_np(static_out), ref.skip(to_np(new), 80.0, 19.4)) <= GPU_F32_TOL
+
+
+def test_cuda_graph_capture_the_pytorch_way_without_prepare(cuda_model):
+    # PyTorch's documented recipe: warm up on a side stream, then capture. The warm-up call
+    # uploads the model; the captured call's scratch becomes the graph's own memory.
+    _, ref = cuda_model
+    model = gs.Model.from_arrays(ref.mean, ref.vals, ref.vecs, ref.resid)  # never used on CUDA
+    static_x = noisy(16, model.dim, 80.0, 10).to("cuda", torch.float32)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            model.skip(static_x, 80.0, 19.4)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_out = model.skip(static_x, 80.0, 19.4)
+    big = noisy(512, model.dim, 80.0, 11).to("cuda", torch.float32)
+    for seed in (12, 13):
+        new = noisy(16, model.dim, 80.0, seed).to("cuda", torch.float32)
+        static_x.copy_(new)
+        g.replay()
+        model.skip(big, 80.0, 5.0)  # a larger eager call between replays
         torch.cuda.synchronize()
         assert rel_err(to_np(static_out), ref.skip(to_np(new), 80.0, 19.4)) <= GPU_F32_TOL
 
