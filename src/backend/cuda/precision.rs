@@ -4,10 +4,7 @@
 //! gain(lambda_perp) and b = gain(lambda_perp). The kernels round the weighted projections and
 //! the eigenvectors to the storage type, so along mode k the output g_k P_k (g_k = b + w_k the
 //! mode's gain) carries an error of about u |w_k| |P_k|: relative to it, u times
-//!
-//!     kappa = max_k |w_k| / |g_k|,
-//!
-//! the amplification of the storage's rounding. Forward jumps, denoising and x0-predictions have
+//! `kappa = max_k |w_k| / |g_k|`, the amplification of the storage's rounding. Forward jumps, denoising and x0-predictions have
 //! kappa <= 1; jumps towards more noise (inversions, renoising) can have kappa >> 1, because b
 //! is then the largest gain and the modes' smaller gains are computed as b minus a large w.
 //! A call is refused when kappa exceeds [`max_kappa`] of its storage, so every accepted call
