@@ -82,10 +82,14 @@ impl Context {
     /// (see its documentation); [`Device::Cuda`] stores eigenvectors in f16.
     ///
     /// # Errors
-    /// `NoCuda` when CUDA is asked for and no driver, no such device, or no CUDA backend in
+    /// `InvalidArgument` for an ordinal other than 0 on the CPU (or `Auto`); `NoCuda` when CUDA is asked for and no driver, no such device, or no CUDA backend in
     /// this build; `Cuda` when the kernels cannot be loaded.
     pub fn new(device: Device, ordinal: usize) -> Result<Context> {
         match device {
+            Device::Cpu | Device::Auto if ordinal != 0 => Err(Error::arg(
+                "ordinal",
+                format!("{ordinal} asks for a device other than the CPU; the CPU is ordinal 0"),
+            )),
             Device::Cpu | Device::Auto => Ok(Context::cpu()),
             Device::Cuda => Context::cuda(ordinal, EigvecStorage::F16),
         }
@@ -243,18 +247,18 @@ impl Context {
                 out.len(),
             ));
         }
-        if let Some(index) = x.iter().position(|v| !v.to_f32().is_finite()) {
-            return Err(Error::NonFinite { arg: "x", index });
-        }
         match &self.backend {
             Backend::Cpu => {
                 let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
-                crate::backend::cpu::apply(model, &plan, x, out);
-                Ok(())
+                // The backend scans x for NaN/Inf in the pass that centres it.
+                crate::pool::install(|| crate::backend::cpu::apply(model, &plan, x, out))
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(b) => {
-                op.validate(batch)?;
+                if let Some(index) = x.iter().position(|v| !v.to_f32().is_finite()) {
+                    return Err(Error::NonFinite { arg: "x", index });
+                }
+                op.check(model.eigvals(), model.residual_var(), batch)?;
                 // SAFETY: Element types are plain f32/f16/bf16 values; viewing them as bytes
                 // is valid for their whole length.
                 let (xb, ob) = unsafe {
@@ -398,23 +402,20 @@ impl Context {
         if out.is_null() {
             return Err(Error::NullPointer { arg: "out" });
         }
-        if batch == 0 {
-            return Err(Error::arg("batch", "must be at least 1"));
-        }
-        let n_in = batch
-            .checked_mul(model.dim())
-            .ok_or_else(|| Error::arg("batch", "batch x dim overflows"))?;
-        let n_out = n_in
-            .checked_mul(op.slabs())
-            .ok_or_else(|| Error::arg("batch", "output size overflows"))?;
+        let (n_in, n_out) = buffer_len(model, dtype, batch, op.slabs())?;
         let (xs, os) = (x as usize, out as usize);
-        let (xe, oe) = (xs + n_in * dtype.size(), os + n_out * dtype.size());
+        let end = |start: usize, n: usize, arg| {
+            start
+                .checked_add(n * dtype.size())
+                .ok_or_else(|| Error::arg(arg, "the buffer runs past the end of the address space"))
+        };
+        let (xe, oe) = (end(xs, n_in, "x")?, end(os, n_out, "out")?);
         if xs < oe && os < xe {
             return Err(Error::arg("out", "must not overlap x"));
         }
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(b) = &self.backend {
-            op.validate(batch)?;
+            op.check(model.eigvals(), model.residual_var(), batch)?;
             // SAFETY: the caller guarantees device buffers of the stated sizes and a live
             // stream; the backend checks what the driver can (pointer kind, allocation size).
             return unsafe { b.apply_device(model, op, dtype, x, out, batch, stream) };
@@ -440,6 +441,41 @@ impl Context {
             Dtype::BF16 => run::<bf16>(self, model, op, x, out, n_in, n_out),
         }
     }
+}
+
+/// The element counts of a call's input (`batch x dim`) and output (`slabs x batch x dim`),
+/// checked before any pointer arithmetic or allocation: `batch >= 1`, and both buffers'
+/// byte sizes fit in the address space (`isize::MAX`), as Rust slices require.
+///
+/// # Errors
+/// `InvalidArgument` naming `batch` otherwise.
+pub fn buffer_len(
+    model: &Model,
+    dtype: Dtype,
+    batch: usize,
+    slabs: usize,
+) -> Result<(usize, usize)> {
+    if batch == 0 {
+        return Err(Error::arg("batch", "must be at least 1"));
+    }
+    let d = model.dim();
+    let bytes = |n: Option<usize>| n.and_then(|n| n.checked_mul(dtype.size()).map(|b| (n, b)));
+    let fits = |n: Option<usize>, what: &str| match bytes(n) {
+        Some((n, b)) if b <= isize::MAX as usize => Ok(n),
+        _ => Err(Error::arg(
+            "batch",
+            format!(
+                "{what} of {batch} rows of {d} {}-byte elements does not fit in the address space",
+                dtype.size()
+            ),
+        )),
+    };
+    let n_in = fits(batch.checked_mul(d), "the input")?;
+    let n_out = fits(
+        n_in.checked_mul(slabs),
+        &format!("the output ({slabs} slabs)"),
+    )?;
+    Ok((n_in, n_out))
 }
 
 /// Runs one skip of a random batch on `ctx` and on the CPU and compares them.
