@@ -251,7 +251,7 @@ impl Context {
             Backend::Cpu => {
                 let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
                 // The backend scans x for NaN/Inf in the pass that centres it.
-                crate::pool::install(|| crate::backend::cpu::apply(model, &plan, x, out))
+                crate::backend::cpu::apply(model, &plan, x, out)
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(b) => {
@@ -411,7 +411,14 @@ impl Context {
         };
         let (xe, oe) = (end(xs, n_in, "x")?, end(os, n_out, "out")?);
         if xs < oe && os < xe {
-            return Err(Error::arg("out", "must not overlap x"));
+            return Err(Error::arg(
+                "out",
+                format!(
+                    "must not overlap x (x: {} bytes at {xs:#x}, out: {} bytes at {os:#x})",
+                    xe - xs,
+                    oe - os
+                ),
+            ));
         }
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(b) = &self.backend {
@@ -443,9 +450,18 @@ impl Context {
     }
 }
 
+/// Largest buffer a call accepts, in bytes: 2^56, more than any 64-bit platform maps (x86-64
+/// with 5-level paging and ARM64 have at most 2^56 bytes of user address space), and within
+/// `isize::MAX`, as Rust slices require.
+pub const MAX_BUFFER_BYTES: usize = if usize::BITS > 56 {
+    1 << 56
+} else {
+    isize::MAX as usize
+};
+
 /// The element counts of a call's input (`batch x dim`) and output (`slabs x batch x dim`),
 /// checked before any pointer arithmetic or allocation: `batch >= 1`, and both buffers'
-/// byte sizes fit in the address space (`isize::MAX`), as Rust slices require.
+/// byte sizes at most [`MAX_BUFFER_BYTES`].
 ///
 /// # Errors
 /// `InvalidArgument` naming `batch` otherwise.
@@ -460,15 +476,17 @@ pub fn buffer_len(
     }
     let d = model.dim();
     let bytes = |n: Option<usize>| n.and_then(|n| n.checked_mul(dtype.size()).map(|b| (n, b)));
-    let fits = |n: Option<usize>, what: &str| match bytes(n) {
-        Some((n, b)) if b <= isize::MAX as usize => Ok(n),
+    let fits = |n: Option<usize>, what: &str| {
+        match bytes(n) {
+        Some((n, b)) if b <= MAX_BUFFER_BYTES => Ok(n),
         _ => Err(Error::arg(
             "batch",
             format!(
-                "{what} of {batch} rows of {d} {}-byte elements does not fit in the address space",
+                "{what} of {batch} rows of {d} {}-byte elements is larger than any address space ({MAX_BUFFER_BYTES} bytes)",
                 dtype.size()
             ),
         )),
+    }
     };
     let n_in = fits(batch.checked_mul(d), "the input")?;
     let n_out = fits(

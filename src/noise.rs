@@ -371,7 +371,7 @@ impl<'a> Op<'a> {
         for slab in 0..self.slabs() {
             for row in 0..rows {
                 let g = self.row_gains(slab, row);
-                let c = g.check(&spectrum)?;
+                let c = g.check(&spectrum, self.target_arg())?;
                 cond.cancellation = cond.cancellation.max(c.cancellation);
             }
         }
@@ -393,11 +393,7 @@ impl<'a> Op<'a> {
             c: table(rows)?,
             slabs: Vec::new(),
             conditioning,
-            target_arg: match self {
-                Op::Skip { .. } => "to",
-                Op::Denoise { .. } => "at",
-                Op::SkipTrajectory { .. } | Op::X0Trajectory { .. } => "levels",
-            },
+            target_arg: self.target_arg(),
         };
         for (row, c) in plan.c.iter_mut().enumerate() {
             *c = self.row_gains(0, row).c();
@@ -417,7 +413,7 @@ impl<'a> Op<'a> {
                 let gp = g.gain(residual_var);
                 coeffs.a[row] = g.a();
                 coeffs.b[row] = gp;
-                coeffs.level[row] = g.target().1;
+                coeffs.level[row] = g.target();
                 for (w, &l) in coeffs.w[row * rank..(row + 1) * rank]
                     .iter_mut()
                     .zip(eigvals)
@@ -428,6 +424,15 @@ impl<'a> Op<'a> {
             plan.slabs.push(coeffs);
         }
         Ok(plan)
+    }
+
+    /// The name of the argument holding the output levels (`to`, `at` or `levels`).
+    fn target_arg(&self) -> &'static str {
+        match self {
+            Op::Skip { .. } => "to",
+            Op::Denoise { .. } => "at",
+            Op::SkipTrajectory { .. } | Op::X0Trajectory { .. } => "levels",
+        }
     }
 
     /// The levels that define output slab `slab` of row `row`.
@@ -499,11 +504,11 @@ impl RowGains {
         }
     }
 
-    /// The level an error about the output coefficients names.
-    fn target(&self) -> (&'static str, Noise) {
+    /// The level the output is computed for.
+    fn target(&self) -> Noise {
         match *self {
-            RowGains::Skip { to, .. } | RowGains::X0 { to, .. } => ("to", to),
-            RowGains::Denoise { at } => ("at", at),
+            RowGains::Skip { to, .. } | RowGains::X0 { to, .. } => to,
+            RowGains::Denoise { at } => at,
         }
     }
 
@@ -516,8 +521,8 @@ impl RowGains {
     }
 
     /// Checks this row's coefficients for the modes and residual variance of `spec` (see
-    /// [`Op::check`]).
-    fn check(&self, spec: &Spectrum) -> Result<Conditioning> {
+    /// [`Op::check`]); errors about the output name `arg`.
+    fn check(&self, spec: &Spectrum, arg: &'static str) -> Result<Conditioning> {
         let (gf, gl, gp) = (
             self.gain(spec.first),
             self.gain(spec.last),
@@ -536,7 +541,7 @@ impl RowGains {
                 format!("alpha is beyond the f32 range ({COEFF_MAX:e}) the computation runs in"),
             ));
         }
-        let (arg, level) = self.target();
+        let level = self.target();
         let what = match *self {
             RowGains::Skip { from, .. } | RowGains::X0 { from, .. } => {
                 format!(" (from alpha = {:?}, sigma = {:?})", from.alpha, from.sigma)

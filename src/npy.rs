@@ -1005,6 +1005,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_headers_are_errors_not_crashes() {
+        // 30,000 nested brackets in a version-2 header used to overflow the stack.
+        let deep = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': {}{}, }}",
+            "[".repeat(30_000),
+            "]".repeat(30_000)
+        );
+        let msg = err_text(&npy_bytes(2, &deep, &[0u8; 4]));
+        assert!(msg.contains("nested more than 16 deep"), "{msg}");
+        // The quoted header is cut: the message stays short whatever the header's size.
+        assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+        assert!(msg.contains("characters)"), "{msg}");
+        // Duplicate keys say two things; the file is refused, not read with one of them.
+        let dup = "{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (1,), }";
+        assert!(err_text(&npy_bytes(1, dup, &[0u8; 8])).contains("'descr' appears more than once"));
+        // A zero among huge sizes hides nothing: the other sizes' product must fit too.
+        let zero = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (0, {0}, {0}), }}",
+            1u64 << 40
+        );
+        assert!(err_text(&npy_bytes(1, &zero, &[])).contains("too large"));
+        // A shape with many dimensions is shown cut in messages.
+        assert_eq!(
+            show_shape(&[2; 30]),
+            "[2, 2, 2, 2, 2, 2, 2, 2, ... (30 dimensions)]"
+        );
+    }
+
+    #[test]
     fn unsupported_dtypes_are_named() {
         for (descr, want) in [
             ("<c8", "complex"),

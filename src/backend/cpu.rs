@@ -27,9 +27,17 @@ use crate::model::Model;
 use crate::noise::Plan;
 use crate::sampler::Real;
 
-/// Below this many elements per pass the work runs on the calling thread: handing it to the
-/// thread pool costs more than it saves.
+/// Below this many multiply-adds a call runs on the calling thread: handing it to the thread
+/// pool costs more than it saves (and a small call never touches the pool).
+const PAR_FLOPS: usize = 1 << 21;
+
+/// In a parallel call, element-wise passes shorter than this still run on one thread.
 const PAR_MIN: usize = 1 << 15;
+
+/// Whether a pass over `len` elements is split across the pool.
+fn split(par: Par, len: usize) -> bool {
+    par != Par::Seq && len >= PAR_MIN
+}
 
 /// Slack on the overflow bound for rounding and the eigenvectors' norm tolerance.
 const BOUND_SLACK: f64 = 1.01;
@@ -56,13 +64,25 @@ pub const ESTIMATE_MAX: f64 = 4e-6;
 pub(crate) fn apply<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T]) -> Result<()> {
     debug_assert_eq!(x.len(), plan.rows * model.dim());
     debug_assert_eq!(out.len(), plan.slabs.len() * plan.rows * model.dim());
+    let flops = (plan.slabs.len() + 1)
+        .saturating_mul(plan.rows)
+        .saturating_mul(model.dim())
+        .saturating_mul(model.rank());
+    if flops >= PAR_FLOPS {
+        crate::pool::install(|| run(model, plan, x, out, faer::get_global_parallelism()))
+    } else {
+        run(model, plan, x, out, Par::Seq)
+    }
+}
+
+fn run<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T], par: Par) -> Result<()> {
     if !plan.conditioning.needs_f64() {
-        let f32_run = Projected::<f32>::new(model, plan, x, T::DTYPE)?;
+        let f32_run = Projected::<f32>::new(model, plan, x, T::DTYPE, par)?;
         if f32_run.worst_estimate <= F32_ESTIMATE_MAX {
             return f32_run.finish(model, plan, out);
         }
     }
-    let f64_run = Projected::<f64>::new(model, plan, x, T::DTYPE)?;
+    let f64_run = Projected::<f64>::new(model, plan, x, T::DTYPE, par)?;
     if f64_run.worst_estimate > ESTIMATE_MAX {
         let (s, i) = f64_run.worst_at;
         let (arg, level) = plan.target(s, i);
@@ -117,14 +137,15 @@ impl<F> Eigvecs<'_, F> {
 impl<'a, F: Real> Projected<'a, F> {
     /// Centres and checks the rows, projects them, weighs the projections and estimates the
     /// rounding (see the module documentation).
-    fn new<T: Element>(model: &'a Model, plan: &Plan, x: &[T], dtype: Dtype) -> Result<Self> {
+    fn new<T: Element>(
+        model: &'a Model,
+        plan: &Plan,
+        x: &[T],
+        dtype: Dtype,
+        par: Par,
+    ) -> Result<Self> {
         let (rows, d, r) = (plan.rows, model.dim(), model.rank());
         let nslab = plan.slabs.len();
-        let par = if nslab * rows * d >= PAR_MIN {
-            faer::get_global_parallelism()
-        } else {
-            Par::Seq
-        };
         let mean = model.mean();
         let zero = F::from_f64(0.0);
 
@@ -148,7 +169,7 @@ impl<'a, F: Real> Projected<'a, F> {
             nr.l2 = l2.sqrt();
             nr.max = max;
         };
-        if rows * d >= PAR_MIN {
+        if split(par, rows * d) {
             y.par_chunks_mut(d)
                 .zip(norms.par_iter_mut())
                 .enumerate()
@@ -166,7 +187,7 @@ impl<'a, F: Real> Projected<'a, F> {
 
         let eigvecs = match as_compute::<F>(model.eigvecs()) {
             Some(e) => Eigvecs::Borrowed(e),
-            None => Eigvecs::Owned(widen::<F>(model.eigvecs())?),
+            None => Eigvecs::Owned(widen::<F>(model.eigvecs(), par)?),
         };
         let e = MatRef::from_row_major_slice(eigvecs.get(), r, d);
         let mut p = try_vec(rows * r, zero, "the projections")?;
@@ -213,7 +234,7 @@ impl<'a, F: Real> Projected<'a, F> {
                 rounding / size
             };
         };
-        if q.len() >= PAR_MIN {
+        if split(par, q.len()) {
             q.par_chunks_mut(r)
                 .zip(estimates.par_iter_mut())
                 .enumerate()
@@ -270,7 +291,7 @@ impl<'a, F: Real> Projected<'a, F> {
                 F::from_f64(1.0),
                 self.par,
             );
-            if n_out >= PAR_MIN {
+            if split(self.par, n_out) {
                 direct
                     .par_chunks_mut(d)
                     .enumerate()
@@ -299,7 +320,7 @@ impl<'a, F: Real> Projected<'a, F> {
             src.iter()
                 .all(|v| f64::from(T::from_f32(v.to_f64() as f32).to_f32()).abs() <= limit)
         };
-        let fits = if n_out >= PAR_MIN {
+        let fits = if split(self.par, n_out) {
             tmp.par_chunks_mut(d).enumerate().all(finish)
         } else {
             tmp.chunks_mut(d).enumerate().all(finish)
@@ -312,7 +333,7 @@ impl<'a, F: Real> Projected<'a, F> {
                 *o = T::from_f32(v.to_f64() as f32);
             }
         };
-        if n_out >= PAR_MIN {
+        if split(self.par, n_out) {
             out.par_chunks_mut(d)
                 .zip(tmp.par_chunks(d))
                 .for_each(narrow);
@@ -401,10 +422,10 @@ fn as_compute<F: Real>(v: &[f32]) -> Option<&[F]> {
 }
 
 /// The eigenvectors converted to the compute type (f64), allocated fallibly.
-fn widen<F: Real>(v: &[f32]) -> Result<Vec<F>> {
+fn widen<F: Real>(v: &[f32], par: Par) -> Result<Vec<F>> {
     let mut out = try_vec(v.len(), F::from_f64(0.0), "the f64 eigenvectors")?;
     let conv = |(o, &e): (&mut F, &f32)| *o = F::from_f64(f64::from(e));
-    if v.len() >= PAR_MIN {
+    if split(par, v.len()) {
         out.par_iter_mut().zip(v.par_iter()).for_each(conv);
     } else {
         out.iter_mut().zip(v).for_each(conv);
