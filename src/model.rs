@@ -29,7 +29,7 @@ pub const FILE_FORMAT_VERSION: u32 = 1;
 const EXACT_GRAM_BUDGET: f64 = 1e11;
 
 /// Entries of the Gram matrix computed at once by the orthonormality check.
-const GRAM_BLOCK: usize = 1 << 20;
+const GRAM_BLOCK: usize = 1 << 18;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
