@@ -254,12 +254,12 @@ fn write_fixture(dir: &Path) {
         );
         write_f64(&dir.join(format!("ref_{name}.f64")), &reference);
     }
-    write_hostile_fixture(dir, &model, &gauss, &mut rng);
+    write_hostile_fixture(dir, &gauss, &mut rng);
 }
 
 /// The extra files of tests/c/hostile.c: an inversion (sigma 1e-4 -> 10) of rows drawn from
 /// the model at sigma 1e-4 with its reference, and three model files with hostile headers.
-fn write_hostile_fixture(dir: &Path, model: &Model, gauss: &Gaussian, rng: &mut Rng) {
+fn write_hostile_fixture(dir: &Path, gauss: &Gaussian, rng: &mut Rng) {
     let (from, to) = (Noise::edm(1e-4), Noise::edm(10.0));
     let mut x = Vec::with_capacity(BATCH * DIM);
     for _ in 0..BATCH {
