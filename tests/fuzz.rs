@@ -467,12 +467,24 @@ fn failures_dir() -> PathBuf {
     dir
 }
 
+/// When the current input started (ms on `clock()`, plus 1; 0 between inputs).
 static STARTED_MS: AtomicU64 = AtomicU64::new(0);
 static WATCHING: AtomicBool = AtomicBool::new(false);
-static CURRENT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The current input and the name of its parser.
+static CURRENT: Mutex<(Vec<u8>, &str)> = Mutex::new((Vec::new(), ""));
+
+/// The one clock of the watchdog and the campaigns.
+fn clock() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    clock().elapsed().as_millis() as u64 + 1
+}
 
 /// Aborts the process, saving the input, when one input runs longer than `HANG_LIMIT`.
-fn start_watchdog(clock: Instant, target: &'static str) {
+fn start_watchdog() {
     if WATCHING.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -482,9 +494,8 @@ fn start_watchdog(clock: Instant, target: &'static str) {
         if started == 0 {
             continue;
         }
-        let now = clock.elapsed().as_millis() as u64;
-        if now.saturating_sub(started) > HANG_LIMIT.as_millis() as u64 {
-            let input = CURRENT.lock().map(|v| v.clone()).unwrap_or_default();
+        if now_ms().saturating_sub(started) > HANG_LIMIT.as_millis() as u64 {
+            let (input, target) = CURRENT.lock().map(|c| c.clone()).unwrap_or_default();
             let path = failures_dir().join(format!("{target}-hang.bin"));
             let _ = std::fs::write(&path, input);
             eprintln!(
@@ -504,8 +515,8 @@ fn run_campaign(
 ) -> Stats {
     let execs = env_u64("GAUSSSKIP_FUZZ_EXECS", 100_000);
     let seed = env_u64("GAUSSSKIP_FUZZ_SEED", 1);
-    let clock = Instant::now();
-    start_watchdog(clock, target);
+    let start = Instant::now();
+    start_watchdog();
     let mut rng = Rng::new(seed ^ target.len() as u64);
     let mut stats = Stats::default();
     let mut failed = Vec::new();
@@ -519,9 +530,10 @@ fn run_campaign(
             }
         }
         if let Ok(mut c) = CURRENT.lock() {
-            c.clone_from(&input);
+            c.0.clone_from(&input);
+            c.1 = target;
         }
-        STARTED_MS.store(clock.elapsed().as_millis() as u64 + 1, Ordering::SeqCst);
+        STARTED_MS.store(now_ms(), Ordering::SeqCst);
         let t = Instant::now();
         let (outcome, peak) = peak_during(|| catch_unwind(AssertUnwindSafe(|| parse(&input))));
         let took = t.elapsed();
@@ -556,7 +568,7 @@ fn run_campaign(
     }
     println!(
         "{target}: {stats:?} in {:.1} s",
-        clock.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64()
     );
     assert!(
         failed.is_empty(),

@@ -130,6 +130,8 @@ struct Tally {
     accepted: usize,
     cancelling: usize,
     refused: usize,
+    /// Refusals because even f64 would lose the precision (the rest: out of range).
+    refused_for_precision: usize,
     worst: f64,
 }
 
@@ -174,6 +176,9 @@ fn run_one(ctx: &Context, model: &Model, op: Op<'_>, x: &[f32], label: &str, tal
                 "{label}: a refused call wrote its output ({e})"
             );
             tally.refused += 1;
+            if e.to_string().contains("lose its precision") {
+                tally.refused_for_precision += 1;
+            }
         }
     }
 }
