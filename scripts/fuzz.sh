@@ -17,7 +17,8 @@ cargo test --release --test fuzz --no-run
 end=$((SECONDS + minutes * 60))
 rounds=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+stats=$(mktemp)
+trap 'rm -f "$log" "$stats"' EXIT
 while [ "$SECONDS" -lt "$end" ]; do
     if ! GAUSSSKIP_FUZZ_SEED=$seed GAUSSSKIP_FUZZ_EXECS=$per_round \
         cargo test --release --test fuzz mutated -- --nocapture --test-threads=1 >"$log" 2>&1; then
@@ -25,8 +26,17 @@ while [ "$SECONDS" -lt "$end" ]; do
         echo "fuzz: round with seed $seed failed; inputs in target/fuzz-failures/" >&2
         exit 1
     fi
-    grep -E '^(model|npy): ' "$log" | sed "s/^/seed $seed: /"
+    grep -oE '(model|npy): Stats.*' "$log" | sed "s/^/seed $seed: /" | tee -a "$stats"
     seed=$((seed + 1))
     rounds=$((rounds + 1))
 done
 echo "fuzz: $rounds rounds of $per_round executions per target, no failures"
+# Totals per target: executions, accepted, rejected, panics.
+awk '{ t = $3; gsub(":", "", t)
+       for (i = 1; i <= NF; i++) {
+           if ($i == "executions:") e[t] += $(i + 1)
+           if ($i == "accepted:") a[t] += $(i + 1)
+           if ($i == "rejected:") r[t] += $(i + 1)
+           if ($i == "panics:") p[t] += $(i + 1)
+       } }
+     END { for (t in e) printf "fuzz total %s: %d executions, %d accepted, %d rejected, %d panics\n", t, e[t], a[t], r[t], p[t] }' "$stats"
