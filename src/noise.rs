@@ -103,8 +103,13 @@ impl Noise {
     /// Marginal standard deviation along a direction of data variance `lambda`:
     /// sqrt(alpha^2 lambda + sigma^2).
     pub fn marginal_std(&self, lambda: f64) -> f64 {
-        // hypot: no overflow or underflow of the squares for extreme (alpha, sigma).
-        (self.alpha * lambda.sqrt()).hypot(self.sigma)
+        let s2 = self.alpha * self.alpha * lambda + self.sigma * self.sigma;
+        if s2.is_finite() && s2 > 1e-280 {
+            s2.sqrt()
+        } else {
+            // Extreme (alpha, sigma): hypot, whose squares neither overflow nor underflow.
+            (self.alpha * lambda.sqrt()).hypot(self.sigma)
+        }
     }
 
     /// Posterior-mean gain of a direction of variance `lambda`: alpha lambda / s^2 (0 where the
@@ -164,16 +169,29 @@ pub fn karras_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> 
 }
 
 /// Per-row scalars and per-mode weights of one output slab: `out = a mu + b y + U (w .* U^T y)`.
+/// When the levels are the same for every row, one set serves all rows (see
+/// [`SlabCoeffs::index`]).
 #[derive(Clone, Debug, Default)]
 pub struct SlabCoeffs {
-    /// Per row: coefficient of the mean.
+    /// Per row (or one for all): coefficient of the mean.
     pub a: Vec<f64>,
-    /// Per row: coefficient of y off the subspace.
+    /// Per row (or one for all): coefficient of y off the subspace.
     pub b: Vec<f64>,
-    /// Row-major `rows x rank`: weight of each mode's projection.
+    /// Row-major `rows x rank` (or `1 x rank`): weight of each mode's projection.
     pub w: Vec<f64>,
-    /// Per row: the level the slab is computed for (named in errors about the output).
+    /// Per row (or one for all): the level the slab is computed for (named in errors).
     pub level: Vec<Noise>,
+}
+
+impl SlabCoeffs {
+    /// Where row `row`'s coefficients are: `row`, or 0 when one set serves every row.
+    pub fn index(&self, row: usize) -> usize {
+        if self.a.len() == 1 {
+            0
+        } else {
+            row
+        }
+    }
 }
 
 /// Everything a backend needs to evaluate an operation on `rows` inputs: the input shift `c`
@@ -184,7 +202,7 @@ pub struct Plan {
     pub rows: usize,
     /// Number of modes (model rank).
     pub rank: usize,
-    /// Per row: the multiple of the mean removed from x.
+    /// Per row (or one for all rows): the multiple of the mean removed from x.
     pub c: Vec<f64>,
     /// Output slabs, written one after another (`slabs.len() * rows` output rows).
     pub slabs: Vec<SlabCoeffs>,
@@ -223,7 +241,13 @@ pub struct Conditioning {
 impl Plan {
     /// The argument name and level of output slab `slab`, row `row`, for error messages.
     pub fn target(&self, slab: usize, row: usize) -> (&'static str, Noise) {
-        (self.target_arg, self.slabs[slab].level[row])
+        let s = &self.slabs[slab];
+        (self.target_arg, s.level[s.index(row)])
+    }
+
+    /// The input shift of row `row`.
+    pub fn c(&self, row: usize) -> f64 {
+        self.c[if self.c.len() == 1 { 0 } else { row }]
     }
 }
 
@@ -368,8 +392,13 @@ impl<'a> Op<'a> {
             residual_var,
         };
         let mut cond = Conditioning::default();
+        // Rows with the same levels have the same coefficients: check each set once.
+        let distinct = match self.per_row() {
+            (false, false) => 1.min(rows),
+            _ => rows,
+        };
         for slab in 0..self.slabs() {
-            for row in 0..rows {
+            for row in 0..distinct {
                 let g = self.row_gains(slab, row);
                 let c = g.check(&spectrum, self.target_arg())?;
                 cond.cancellation = cond.cancellation.max(c.cancellation);
@@ -387,10 +416,13 @@ impl<'a> Op<'a> {
         let conditioning = self.check(eigvals, residual_var, rows)?;
         let rank = eigvals.len();
         let table = |n: usize| crate::error::try_vec(n, 0.0, "coefficient table");
+        // Levels given once for all rows give one set of coefficients for all rows.
+        let (source_rows, target_rows) = self.per_row();
+        let c_rows = if source_rows { rows } else { 1 };
         let mut plan = Plan {
             rows,
             rank,
-            c: table(rows)?,
+            c: table(c_rows)?,
             slabs: Vec::new(),
             conditioning,
             target_arg: self.target_arg(),
@@ -398,17 +430,18 @@ impl<'a> Op<'a> {
         for (row, c) in plan.c.iter_mut().enumerate() {
             *c = self.row_gains(0, row).c();
         }
-        let per_slab = rows
+        let n = if source_rows || target_rows { rows } else { 1 };
+        let weights = n
             .checked_mul(rank)
             .ok_or_else(|| Error::arg("batch", "rows x rank overflows"))?;
         for slab in 0..self.slabs() {
             let mut coeffs = SlabCoeffs {
-                a: table(rows)?,
-                b: table(rows)?,
-                w: table(per_slab)?,
-                level: crate::error::try_vec(rows, Noise::new(0.0, 0.0), "level table")?,
+                a: table(n)?,
+                b: table(n)?,
+                w: table(weights)?,
+                level: crate::error::try_vec(n, Noise::new(0.0, 0.0), "level table")?,
             };
-            for row in 0..rows {
+            for row in 0..n {
                 let g = self.row_gains(slab, row);
                 let gp = g.gain(residual_var);
                 coeffs.a[row] = g.a();
@@ -424,6 +457,16 @@ impl<'a> Op<'a> {
             plan.slabs.push(coeffs);
         }
         Ok(plan)
+    }
+
+    /// Whether the source and the target levels are given per row.
+    fn per_row(&self) -> (bool, bool) {
+        let rows = |l: &Levels<'_>| matches!(l, Levels::PerRow(_));
+        match self {
+            Op::Skip { from, to } => (rows(from), rows(to)),
+            Op::Denoise { at } => (rows(at), rows(at)),
+            Op::SkipTrajectory { from, .. } | Op::X0Trajectory { from, .. } => (rows(from), false),
+        }
     }
 
     /// The name of the argument holding the output levels (`to`, `at` or `levels`).

@@ -152,7 +152,7 @@ impl<'a, F: Real> Projected<'a, F> {
         let mut y = try_vec(rows * d, zero, "the centred rows")?;
         let mut norms = vec![RowNorms::default(); rows];
         let centre = |(i, (yr, nr)): (usize, (&mut [F], &mut RowNorms))| {
-            let c = F::from_f64(plan.c[i]);
+            let c = F::from_f64(plan.c(i));
             let (mut l2, mut max) = (0f64, 0f64);
             let xr = &x[i * d..(i + 1) * d];
             for (j, ((yv, xv), &m)) in yr.iter_mut().zip(xr).zip(mean).enumerate() {
@@ -212,8 +212,9 @@ impl<'a, F: Real> Projected<'a, F> {
         let weigh = |(row, (qr, est)): (usize, (&mut [F], &mut f64))| {
             let (s, i) = (row / rows, row % rows);
             let slab = &plan.slabs[s];
-            let (a, b) = (slab.a[i], slab.b[i]);
-            let w = &slab.w[i * r..(i + 1) * r];
+            let k = slab.index(i);
+            let (a, b) = (slab.a[k], slab.b[k]);
+            let w = &slab.w[k * r..(k + 1) * r];
             let (mut on, mut p2, mut w_max) = (0f64, 0f64, 0f64);
             for ((qv, &pv), &wv) in qr.iter_mut().zip(&p[i * r..(i + 1) * r]).zip(w) {
                 *qv = pv * F::from_f64(wv);
@@ -274,8 +275,9 @@ impl<'a, F: Real> Projected<'a, F> {
         let y = &self.y;
         let epilogue = |row: usize, dst: &mut [F]| {
             let (s, i) = (row / rows, row % rows);
-            let a = F::from_f64(plan.slabs[s].a[i]);
-            let b = F::from_f64(plan.slabs[s].b[i]);
+            let slab = &plan.slabs[s];
+            let k = slab.index(i);
+            let (a, b) = (F::from_f64(slab.a[k]), F::from_f64(slab.b[k]));
             for ((o, &yv), &m) in dst.iter_mut().zip(&y[i * d..(i + 1) * d]).zip(mean) {
                 *o += a * F::from_f64(f64::from(m)) + b * yv;
             }
@@ -359,14 +361,18 @@ fn check_range<F: Real>(
         .fold(0f64, |m, &v| m.max(f64::from(v).abs()));
     let r = plan.rank;
     for (s, slab) in plan.slabs.iter().enumerate() {
+        let w_max: Vec<f64> = slab
+            .w
+            .chunks(r)
+            .map(|w| w.iter().fold(0f64, |m, &v| m.max(v.abs())))
+            .collect();
         for (i, n) in norms.iter().enumerate() {
-            let w_max = slab.w[i * r..(i + 1) * r]
-                .iter()
-                .fold(0f64, |m, &v| m.max(v.abs()));
+            let k = slab.index(i);
             // U^T y and U (w .* U^T y), and every partial sum of them, stay below these.
-            let inner = n.l2 * BOUND_SLACK * w_max.max(1.0);
-            let bound =
-                slab.a[i].abs() * mean_max + slab.b[i].abs() * n.max + w_max * n.l2 * BOUND_SLACK;
+            let inner = n.l2 * BOUND_SLACK * w_max[k].max(1.0);
+            let bound = slab.a[k].abs() * mean_max
+                + slab.b[k].abs() * n.max
+                + w_max[k] * n.l2 * BOUND_SLACK;
             if inner.is_nan() || inner > f_max {
                 return Err(overflow(plan, (s, i), dtype, "its intermediate results"));
             }
