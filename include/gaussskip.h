@@ -285,7 +285,8 @@ gs_status gs_model_get_parts(const gs_model *model,
 
 /*
  Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
- `ordinal` picks the CUDA device; it must be >= 0 for every device (0 on the CPU).
+ `ordinal` picks the CUDA device; it must be 0 on the CPU and for GS_DEVICE_AUTO (which
+ means the CPU), GS_ERR_INVALID_ARGUMENT otherwise.
 
  # Safety
  `out` points to writable storage.
