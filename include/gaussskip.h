@@ -239,7 +239,9 @@ gs_status gs_model_load(const char *path, gs_model **out);
 
 /*
  Builds a model from host arrays (copied): `mean[dim]`, `eigvals[rank]` (non-increasing,
- >= 0), `eigvecs[rank * dim]` (row k = unit eigenvector k), `residual_var >= 0`.
+ non-negative), `eigvecs[rank * dim]` (row k = unit eigenvector k), `residual_var >= 0`.
+ The variances pass through `float`; `gs_model_from_parts_f64` takes them as `double`,
+ the precision the model keeps.
 
  # Safety
  The arrays hold the stated number of floats; `out` points to writable storage.
@@ -251,6 +253,21 @@ gs_status gs_model_from_parts(size_t dim,
                               const float *eigvecs,
                               float residual_var,
                               gs_model **out);
+
+/*
+ As `gs_model_from_parts`, with the variances `eigvals[rank]` and `residual_var` as
+ `double`, stored exactly (the model holds them in double precision).
+
+ # Safety
+ The arrays hold the stated number of elements; `out` points to writable storage.
+ */
+gs_status gs_model_from_parts_f64(size_t dim,
+                                  size_t rank,
+                                  const float *mean,
+                                  const double *eigvals,
+                                  const float *eigvecs,
+                                  double residual_var,
+                                  gs_model **out);
 
 /*
  Writes a model file atomically (temporary file + rename).
@@ -299,7 +316,8 @@ gs_status gs_model_get_parts(const gs_model *model,
 
 /*
  Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
- `ordinal` picks the CUDA device; it must be >= 0 for every device (0 on the CPU).
+ `ordinal` picks the CUDA device; it must be 0 on the CPU and for GS_DEVICE_AUTO (which
+ means the CPU), GS_ERR_INVALID_ARGUMENT otherwise.
 
  # Safety
  `out` points to writable storage.
@@ -484,7 +502,8 @@ gs_status gs_context_time_launches(gs_context *ctx,
                                    gs_launch_times *times);
 
 /*
- Creates empty moments of `dim`-vectors (memory: dim² doubles).
+ Creates empty moments of `dim`-vectors (memory: dim² doubles; GS_ERR_OUT_OF_MEMORY when
+ they cannot be allocated).
 
  # Safety
  `out` points to writable storage.

@@ -83,10 +83,14 @@ impl Context {
     /// (see its documentation); [`Device::Cuda`] stores eigenvectors in f16.
     ///
     /// # Errors
-    /// `NoCuda` when CUDA is asked for and no driver, no such device, or no CUDA backend in
+    /// `InvalidArgument` for an ordinal other than 0 on the CPU (or `Auto`); `NoCuda` when CUDA is asked for and no driver, no such device, or no CUDA backend in
     /// this build; `Cuda` when the kernels cannot be loaded.
     pub fn new(device: Device, ordinal: usize) -> Result<Context> {
         match device {
+            Device::Cpu | Device::Auto if ordinal != 0 => Err(Error::arg(
+                "ordinal",
+                format!("{ordinal} asks for a device other than the CPU; the CPU is ordinal 0"),
+            )),
             Device::Cpu | Device::Auto => Ok(Context::cpu()),
             Device::Cuda => Context::cuda(ordinal, EigvecStorage::F16),
         }
@@ -245,6 +249,7 @@ impl Context {
             #[cfg(feature = "cuda")]
             Backend::Cuda(b) => {
                 check_raw(model, &op, dtype, x, out, batch)?;
+                op.check(model.eigvals(), model.residual_var(), batch)?;
                 b.time_skip_launches(model, op, dtype, x, out, batch, stream, splits, reps)
             }
         }
@@ -320,18 +325,18 @@ impl Context {
                 out.len(),
             ));
         }
-        if let Some(index) = x.iter().position(|v| !v.to_f32().is_finite()) {
-            return Err(Error::NonFinite { arg: "x", index });
-        }
         match &self.backend {
             Backend::Cpu => {
                 let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
-                crate::backend::cpu::apply(model, &plan, x, out);
-                Ok(())
+                // The backend scans x for NaN/Inf in the pass that centres it.
+                crate::backend::cpu::apply(model, &plan, x, out)
             }
             #[cfg(feature = "cuda")]
             Backend::Cuda(b) => {
-                op.validate(batch)?;
+                if let Some(index) = x.iter().position(|v| !v.to_f32().is_finite()) {
+                    return Err(Error::NonFinite { arg: "x", index });
+                }
+                op.check(model.eigvals(), model.residual_var(), batch)?;
                 // SAFETY: Element types are plain f32/f16/bf16 values; viewing them as bytes
                 // is valid for their whole length.
                 let (xb, ob) = unsafe {
@@ -472,6 +477,7 @@ impl Context {
         let (n_in, n_out) = check_raw(model, &op, dtype, x, out, batch)?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(b) = &self.backend {
+            op.check(model.eigvals(), model.residual_var(), batch)?;
             // SAFETY: the caller guarantees device buffers of the stated sizes and a live
             // stream; the backend checks what the driver can (pointer kind, allocation size).
             return unsafe { b.apply_device(model, op, dtype, x, out, batch, stream) };
@@ -499,9 +505,9 @@ impl Context {
     }
 }
 
-/// The checks every raw call makes before any backend sees it: non-NULL buffers, a positive
-/// batch, sizes whose products fit, `x` and `out` disjoint, valid levels. Returns the element
-/// counts of `x` and `out`.
+/// The checks every raw call makes before any backend sees it: non-NULL buffers, sizes that
+/// fit ([`buffer_len`]), `x` and `out` disjoint, valid levels. Returns the element counts of `x`
+/// and `out`.
 fn check_raw(
     model: &Model,
     op: &Op<'_>,
@@ -516,29 +522,71 @@ fn check_raw(
     if out.is_null() {
         return Err(Error::NullPointer { arg: "out" });
     }
+    let (n_in, n_out) = buffer_len(model, dtype, batch, op.slabs())?;
+    let (xs, os) = (x as usize, out as usize);
+    let end = |start: usize, n: usize, arg| {
+        start
+            .checked_add(n * dtype.size())
+            .ok_or_else(|| Error::arg(arg, "the buffer runs past the end of the address space"))
+    };
+    let (xe, oe) = (end(xs, n_in, "x")?, end(os, n_out, "out")?);
+    if xs < oe && os < xe {
+        return Err(Error::arg(
+            "out",
+            format!(
+                "must not overlap x (x: {} bytes at {xs:#x}, out: {} bytes at {os:#x})",
+                xe - xs,
+                oe - os
+            ),
+        ));
+    }
+    op.validate(batch)?;
+    Ok((n_in, n_out))
+}
+
+/// Largest buffer a call accepts, in bytes: 2^56, more than any 64-bit platform maps (x86-64
+/// with 5-level paging and ARM64 have at most 2^56 bytes of user address space), and within
+/// `isize::MAX`, as Rust slices require.
+pub const MAX_BUFFER_BYTES: usize = if usize::BITS > 56 {
+    1 << 56
+} else {
+    isize::MAX as usize
+};
+
+/// The element counts of a call's input (`batch x dim`) and output (`slabs x batch x dim`),
+/// checked before any pointer arithmetic or allocation: `batch >= 1`, and both buffers'
+/// byte sizes at most [`MAX_BUFFER_BYTES`].
+///
+/// # Errors
+/// `InvalidArgument` naming `batch` otherwise.
+pub fn buffer_len(
+    model: &Model,
+    dtype: Dtype,
+    batch: usize,
+    slabs: usize,
+) -> Result<(usize, usize)> {
     if batch == 0 {
         return Err(Error::arg("batch", "must be at least 1"));
     }
-    let n_in = batch
-        .checked_mul(model.dim())
-        .ok_or_else(|| Error::arg("batch", "batch x dim overflows"))?;
-    let n_out = n_in
-        .checked_mul(op.slabs())
-        .ok_or_else(|| Error::arg("batch", "output size overflows"))?;
-    let bytes = |n: usize| {
-        n.checked_mul(dtype.size())
-            .ok_or_else(|| Error::arg("batch", "the buffer's size in bytes overflows"))
-    };
-    let (in_bytes, out_bytes) = (bytes(n_in)?, bytes(n_out)?);
-    let (xs, os) = (x as usize, out as usize);
-    let ends = xs
-        .checked_add(in_bytes)
-        .zip(os.checked_add(out_bytes))
-        .ok_or_else(|| Error::arg("batch", "the buffers would wrap around the address space"))?;
-    if xs < ends.1 && os < ends.0 {
-        return Err(Error::arg("out", "must not overlap x"));
+    let d = model.dim();
+    let bytes = |n: Option<usize>| n.and_then(|n| n.checked_mul(dtype.size()).map(|b| (n, b)));
+    let fits = |n: Option<usize>, what: &str| {
+        match bytes(n) {
+        Some((n, b)) if b <= MAX_BUFFER_BYTES => Ok(n),
+        _ => Err(Error::arg(
+            "batch",
+            format!(
+                "{what} of {batch} rows of {d} {}-byte elements is larger than any address space ({MAX_BUFFER_BYTES} bytes)",
+                dtype.size()
+            ),
+        )),
     }
-    op.validate(batch)?;
+    };
+    let n_in = fits(batch.checked_mul(d), "the input")?;
+    let n_out = fits(
+        n_in.checked_mul(slabs),
+        &format!("the output ({slabs} slabs)"),
+    )?;
     Ok((n_in, n_out))
 }
 

@@ -13,7 +13,6 @@
 //! 5. Write pictures: the final samples per k, and the "outline first, details later" strip.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::context::{Context, Device};
 use crate::error::{Error, Result};
 use crate::fit::{
-    fit_model, rows_from_path, FitOptions, InputOptions, Moments, Rank, Residual, Scale,
+    csv_item_shape, fit_model, read_csv, rows_from_path, FitOptions, InputOptions, Moments, Rank,
+    Residual, Scale,
 };
 use crate::ideal::IdealDenoiser;
 use crate::model::{write_atomic, Model, ModelMeta};
@@ -169,98 +169,30 @@ pub struct Dataset {
     pub items: usize,
     /// Values per item.
     pub dim: usize,
-    /// Picture shape (channels, height, width) when the dimension is a square (grey) or
-    /// three squares (RGB, channel-major); empty otherwise.
+    /// Shape of one item: for CSV data (channels, height, width) when the dimension is a
+    /// square (grey) or three squares (RGB, channel-major), `[dim]` otherwise.
     pub item_shape: Vec<usize>,
     /// The last field of every line (the class label).
     pub labels: Vec<i64>,
 }
 
-/// Reads a CSV dataset in the bundled file's layout: one item per line, its values 0–255
-/// (integers or decimals), then an integer label; gzip-compressed when the file starts with
-/// the gzip magic bytes. Values are mapped linearly from [0, 255] to [-1, 1].
+/// Reads a CSV dataset in the bundled file's layout (see [`crate::fit::read_csv`]), its values
+/// mapped from [0, 255] to [-1, 1], with its labels.
 ///
 /// # Errors
-/// `Io` when the file cannot be read; `FileFormat` naming the line for a field that is not a
-/// number, a value outside [0, 255], a line with another number of fields than the first,
-/// or a corrupt gzip stream; `Dataset` for a file without items.
+/// Those of [`crate::fit::read_csv`].
 pub fn load_csv(path: &Path) -> Result<Dataset> {
-    let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 2];
-    let gz = file.read(&mut magic).map_err(|e| Error::io(path, e))? == 2 && magic == [0x1f, 0x8b];
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader: Box<dyn BufRead> = if gz {
-        Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    };
     let mut rows = Vec::new();
     let mut labels = Vec::new();
-    let mut fields = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let parts: Vec<&str> = line.split(',').map(str::trim).collect();
-        if fields == 0 {
-            if parts.len() < 2 {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "line {}: need the values and a label, got {} field(s)",
-                        i + 1,
-                        parts.len()
-                    ),
-                ));
-            }
-            fields = parts.len();
-        } else if parts.len() != fields {
-            return Err(Error::format(
-                path,
-                format!(
-                    "line {}: {} fields, but the first line has {fields}",
-                    i + 1,
-                    parts.len()
-                ),
-            ));
-        }
-        let (label, values) = parts.split_last().expect("at least two fields");
-        for (j, v) in values.iter().enumerate() {
-            let value: f32 = v.parse().map_err(|_| {
-                Error::format(
-                    path,
-                    format!("line {}, field {}: {v:?} is not a number", i + 1, j + 1),
-                )
-            })?;
-            if !(0.0..=255.0).contains(&value) {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "line {}, field {}: {value} is outside [0, 255]",
-                        i + 1,
-                        j + 1
-                    ),
-                ));
-            }
-            rows.push(value / 127.5 - 1.0);
-        }
-        labels.push(label.parse().map_err(|_| {
-            Error::format(
-                path,
-                format!("line {}: label {label:?} is not an integer", i + 1),
-            )
-        })?);
-    }
-    if labels.is_empty() {
-        return Err(Error::Dataset(format!("{} holds no items", path.display())));
-    }
-    let dim = fields - 1;
+    let dim = read_csv(path, Scale::PIXELS, false, &mut |chunk, _, chunk_labels| {
+        rows.extend(chunk.iter().map(|&v| v as f32));
+        labels.extend_from_slice(chunk_labels);
+        Ok(())
+    })?;
     Ok(Dataset {
         items: labels.len(),
         dim,
-        item_shape: square_shape(dim),
+        item_shape: csv_item_shape(dim),
         rows,
         labels,
     })
@@ -275,8 +207,7 @@ pub fn load_csv(path: &Path) -> Result<Dataset> {
 /// # Errors
 /// Those of [`load_csv`] and [`crate::fit::rows_from_path`].
 pub fn load_dataset(path: &Path, scale: Option<Scale>) -> Result<Dataset> {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    if path.is_file() && (name.ends_with(".csv") || name.ends_with(".gz")) {
+    if path.is_file() && crate::fit::is_csv(path) {
         return load_csv(path);
     }
     let read = rows_from_path(
@@ -299,19 +230,6 @@ pub fn load_dataset(path: &Path, scale: Option<Scale>) -> Result<Dataset> {
         rows: read.rows,
         labels: Vec::new(),
     })
-}
-
-/// (1, s, s) for d = s², (3, s, s) for d = 3 s², nothing otherwise.
-fn square_shape(dim: usize) -> Vec<usize> {
-    for c in [1, 3] {
-        if dim % c == 0 {
-            let s = ((dim / c) as f64).sqrt().round() as usize;
-            if s * s * c == dim {
-                return vec![c, s, s];
-            }
-        }
-    }
-    Vec::new()
 }
 
 /// One line of the demo table: the run that jumps over the first `k` steps.

@@ -25,13 +25,14 @@ pub enum Error {
     #[error("`{arg}` holds a non-finite value (NaN or Inf) at index {index}")]
     NonFinite { arg: &'static str, index: usize },
 
-    /// A noise level (alpha, sigma) that the operation cannot use.
-    #[error("invalid noise level `{arg}` (alpha = {alpha}, sigma = {sigma}): {reason}")]
+    /// A noise level (alpha, sigma) that the operation cannot use. Levels print in Rust's
+    /// debug form, so 1e-200 reads as `1e-200` and not as 200 digits.
+    #[error("invalid noise level `{arg}` (alpha = {alpha:?}, sigma = {sigma:?}): {reason}")]
     InvalidNoise {
         arg: &'static str,
         alpha: f64,
         sigma: f64,
-        reason: &'static str,
+        reason: String,
     },
 
     /// Any other argument out of its domain.
@@ -108,6 +109,20 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// A vector of `n` copies of `value`, or `OutOfMemory` naming `what` when the allocation
+/// fails (instead of aborting the process).
+pub(crate) fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "{what}: {n} elements of {} bytes",
+            std::mem::size_of::<T>()
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 /// Returns `NonFinite` for the first NaN/Inf in `values`.

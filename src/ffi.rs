@@ -190,11 +190,29 @@ fn c_str<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str, Error> {
         .map_err(|_| Error::arg(arg, "is not valid UTF-8"))
 }
 
+/// A caller's array of `len` elements, after the checks a Rust slice needs: not NULL,
+/// aligned, and a byte size that fits in the address space.
 fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result<&'a [T], Error> {
     if p.is_null() {
         return Err(Error::NullPointer { arg });
     }
-    // SAFETY: caller guarantees `len` readable elements at `p`.
+    if (p as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(Error::arg(
+            arg,
+            format!("is not aligned to {} bytes", std::mem::align_of::<T>()),
+        ));
+    }
+    if len
+        .checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(Error::arg(
+            arg,
+            format!("{len} elements do not fit in the address space"),
+        ));
+    }
+    // SAFETY: caller guarantees `len` readable elements at `p`; the checks above make the
+    // slice well-formed.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
@@ -295,7 +313,9 @@ pub unsafe extern "C" fn gs_model_load(path: *const c_char, out: *mut *mut gs_mo
 }
 
 /// Builds a model from host arrays (copied): `mean[dim]`, `eigvals[rank]` (non-increasing,
-/// >= 0), `eigvecs[rank * dim]` (row k = unit eigenvector k), `residual_var >= 0`.
+/// non-negative), `eigvecs[rank * dim]` (row k = unit eigenvector k), `residual_var >= 0`.
+/// The variances pass through `float`; `gs_model_from_parts_f64` takes them as `double`,
+/// the precision the model keeps.
 ///
 /// # Safety
 /// The arrays hold the stated number of floats; `out` points to writable storage.
@@ -310,32 +330,79 @@ pub unsafe extern "C" fn gs_model_from_parts(
     out: *mut *mut gs_model,
 ) -> gs_status {
     guard(|| {
-        check_out(out)?;
-        if dim == 0 || rank == 0 || rank > dim {
-            return Err(Error::arg(
-                "rank",
-                format!("need 1 <= rank <= dim, got rank {rank}, dim {dim}"),
-            ));
-        }
-        let n = rank
-            .checked_mul(dim)
-            .ok_or_else(|| Error::arg("dim", "rank x dim overflows"))?;
-        let mean = slice(mean, dim, "mean")?.to_vec();
-        let eigvals = slice(eigvals, rank, "eigvals")?
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let eigvecs = slice(eigvecs, n, "eigvecs")?.to_vec();
-        let model = Model::from_parts(
+        let eigvals = model_parts_slice(dim, rank, eigvals)?;
+        from_parts(
+            dim,
+            rank,
             mean,
             eigvals,
             eigvecs,
-            residual_var as f64,
-            ModelMeta::default(),
-        )?;
-        write_out(out, gs_model::new(model));
-        Ok(())
+            f64::from(residual_var),
+            out,
+        )
     })
+}
+
+/// As `gs_model_from_parts`, with the variances `eigvals[rank]` and `residual_var` as
+/// `double`, stored exactly (the model holds them in double precision).
+///
+/// # Safety
+/// The arrays hold the stated number of elements; `out` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_model_from_parts_f64(
+    dim: usize,
+    rank: usize,
+    mean: *const f32,
+    eigvals: *const f64,
+    eigvecs: *const f32,
+    residual_var: f64,
+    out: *mut *mut gs_model,
+) -> gs_status {
+    guard(|| {
+        let eigvals = model_parts_slice(dim, rank, eigvals)?;
+        from_parts(dim, rank, mean, eigvals, eigvecs, residual_var, out)
+    })
+}
+
+/// Checks `out` and the sizes of a model's parts, then borrows `eigvals[rank]`.
+fn model_parts_slice<'a, T>(dim: usize, rank: usize, eigvals: *const T) -> Result<&'a [T], Error> {
+    if dim == 0 || rank == 0 || rank > dim {
+        return Err(Error::arg(
+            "rank",
+            format!("need 1 <= rank <= dim, got rank {rank}, dim {dim}"),
+        ));
+    }
+    slice(eigvals, rank, "eigvals")
+}
+
+/// The shared body of the two `gs_model_from_parts` variants.
+fn from_parts<T: Copy + Into<f64>>(
+    dim: usize,
+    rank: usize,
+    mean: *const f32,
+    eigvals: &[T],
+    eigvecs: *const f32,
+    residual_var: f64,
+    out: *mut *mut gs_model,
+) -> Result<(), Error> {
+    check_out(out)?;
+    let n = rank
+        .checked_mul(dim)
+        .ok_or_else(|| Error::arg("dim", "rank x dim overflows"))?;
+    let copy = |p: *const f32, len: usize, arg: &'static str| -> Result<Vec<f32>, Error> {
+        let src = slice(p, len, arg)?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| Error::OutOfMemory(format!("{arg}: {len} floats")))?;
+        v.extend_from_slice(src);
+        Ok(v)
+    };
+    let mean = copy(mean, dim, "mean")?;
+    let eigvecs = copy(eigvecs, n, "eigvecs")?;
+    let eigvals = eigvals.iter().map(|&v| v.into()).collect();
+    let model = Model::from_parts(mean, eigvals, eigvecs, residual_var, ModelMeta::default())?;
+    write_out(out, gs_model::new(model));
+    Ok(())
 }
 
 /// Writes a model file atomically (temporary file + rename).
@@ -413,7 +480,8 @@ pub unsafe extern "C" fn gs_model_get_parts(
 }
 
 /// Creates a context: `device` is GS_DEVICE_AUTO, GS_DEVICE_CPU or GS_DEVICE_CUDA;
-/// `ordinal` picks the CUDA device; it must be >= 0 for every device (0 on the CPU).
+/// `ordinal` picks the CUDA device; it must be 0 on the CPU and for GS_DEVICE_AUTO (which
+/// means the CPU), GS_ERR_INVALID_ARGUMENT otherwise.
 ///
 /// # Safety
 /// `out` points to writable storage.
@@ -455,74 +523,45 @@ pub unsafe extern "C" fn gs_context_device(ctx: *const gs_context) -> u32 {
     ctx.as_ref().map_or(0, |c| c.inner.device() as u32)
 }
 
-/// Shared body of every operation entry point.
-unsafe fn run_op(
+/// Shared body of every operation entry point. The sizes (`batch`, and `slabs` output slabs)
+/// are checked before `op` reads any level table, so a huge `batch` or `n_levels` is an
+/// error, never a read or an allocation of that size.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_op<'a>(
     ctx: *mut gs_context,
     model: *const gs_model,
     dtype: u32,
     x: *const c_void,
     out: *mut c_void,
     batch: usize,
+    slabs: usize,
     stream: *mut c_void,
-    op: impl FnOnce() -> Result<OpSpec, Error>,
+    op: impl FnOnce() -> Result<Op<'a>, Error>,
 ) -> gs_status {
     guard(|| {
         let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
         let model = &non_null(model, "model")?.inner;
         let dtype = Dtype::from_u32(dtype)
             .ok_or_else(|| Error::UnsupportedDtype(format!("{dtype} is not a GS_DTYPE_* code")))?;
-        let spec = op()?;
-        let op = spec.op();
-        ctx.apply_raw(model, op, dtype, x, out, batch, stream)
+        crate::context::buffer_len(model, dtype, batch, slabs)?;
+        ctx.apply_raw(model, op()?, dtype, x, out, batch, stream)
     })
 }
 
-/// Levels converted from C, owned for the duration of a call.
-enum OwnedLevels {
-    One(Noise),
-    PerRow(Vec<Noise>),
-}
+// `gs_noise` and `Noise` are the same two doubles, so C level tables are read in place.
+const _: () = assert!(
+    std::mem::size_of::<gs_noise>() == std::mem::size_of::<Noise>()
+        && std::mem::align_of::<gs_noise>() == std::mem::align_of::<Noise>()
+);
 
-impl OwnedLevels {
-    fn levels(&self) -> Levels<'_> {
-        match self {
-            OwnedLevels::One(n) => Levels::One(*n),
-            OwnedLevels::PerRow(v) => Levels::PerRow(v),
-        }
-    }
-}
-
-enum OpSpec {
-    Skip(OwnedLevels, OwnedLevels),
-    Denoise(OwnedLevels),
-    SkipTrajectory(OwnedLevels, Vec<Noise>),
-    X0Trajectory(OwnedLevels, Vec<Noise>),
-}
-
-impl OpSpec {
-    fn op(&self) -> Op<'_> {
-        match self {
-            OpSpec::Skip(f, t) => Op::Skip {
-                from: f.levels(),
-                to: t.levels(),
-            },
-            OpSpec::Denoise(a) => Op::Denoise { at: a.levels() },
-            OpSpec::SkipTrajectory(f, l) => Op::SkipTrajectory {
-                from: f.levels(),
-                levels: l,
-            },
-            OpSpec::X0Trajectory(f, l) => Op::X0Trajectory {
-                from: f.levels(),
-                levels: l,
-            },
-        }
-    }
-}
-
-fn per_row(p: *const gs_noise, batch: usize, arg: &'static str) -> Result<OwnedLevels, Error> {
-    Ok(OwnedLevels::PerRow(
-        slice(p, batch, arg)?.iter().map(|&n| n.into()).collect(),
-    ))
+/// A C table of `len` levels, borrowed for the call.
+fn level_table<'a>(
+    p: *const gs_noise,
+    len: usize,
+    arg: &'static str,
+) -> Result<&'a [Noise], Error> {
+    // SAFETY: gs_noise and Noise are both repr(C) { f64 alpha; f64 sigma; } (asserted above).
+    slice(p as *const Noise, len, arg)
 }
 
 /// Exact PF-ODE jump of `batch` rows from level `from` to level `to`.
@@ -545,11 +584,11 @@ pub unsafe extern "C" fn gs_skip(
     to: gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        Ok(OpSpec::Skip(
-            OwnedLevels::One(from.into()),
-            OwnedLevels::One(to.into()),
-        ))
+    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
+        Ok(Op::Skip {
+            from: Levels::One(from.into()),
+            to: Levels::One(to.into()),
+        })
     })
 }
 
@@ -569,11 +608,11 @@ pub unsafe extern "C" fn gs_skip_rows(
     to: *const gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        Ok(OpSpec::Skip(
-            per_row(from, batch, "from")?,
-            per_row(to, batch, "to")?,
-        ))
+    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
+        Ok(Op::Skip {
+            from: Levels::PerRow(level_table(from, batch, "from")?),
+            to: Levels::PerRow(level_table(to, batch, "to")?),
+        })
     })
 }
 
@@ -592,8 +631,10 @@ pub unsafe extern "C" fn gs_denoise(
     at: gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        Ok(OpSpec::Denoise(OwnedLevels::One(at.into())))
+    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
+        Ok(Op::Denoise {
+            at: Levels::One(at.into()),
+        })
     })
 }
 
@@ -612,8 +653,10 @@ pub unsafe extern "C" fn gs_denoise_rows(
     at: *const gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        Ok(OpSpec::Denoise(per_row(at, batch, "at")?))
+    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
+        Ok(Op::Denoise {
+            at: Levels::PerRow(level_table(at, batch, "at")?),
+        })
     })
 }
 
@@ -635,12 +678,11 @@ pub unsafe extern "C" fn gs_skip_trajectory(
     n_levels: usize,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        let l = slice(levels, n_levels, "levels")?
-            .iter()
-            .map(|&n| n.into())
-            .collect();
-        Ok(OpSpec::SkipTrajectory(OwnedLevels::One(from.into()), l))
+    run_op(ctx, model, dtype, x, out, batch, n_levels, stream, || {
+        Ok(Op::SkipTrajectory {
+            from: Levels::One(from.into()),
+            levels: level_table(levels, n_levels, "levels")?,
+        })
     })
 }
 
@@ -662,12 +704,11 @@ pub unsafe extern "C" fn gs_x0_trajectory(
     n_levels: usize,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, stream, || {
-        let l = slice(levels, n_levels, "levels")?
-            .iter()
-            .map(|&n| n.into())
-            .collect();
-        Ok(OpSpec::X0Trajectory(OwnedLevels::One(from.into()), l))
+    run_op(ctx, model, dtype, x, out, batch, n_levels, stream, || {
+        Ok(Op::X0Trajectory {
+            from: Levels::One(from.into()),
+            levels: level_table(levels, n_levels, "levels")?,
+        })
     })
 }
 
@@ -822,7 +863,8 @@ pub unsafe extern "C" fn gs_context_time_launches(
     })
 }
 
-/// Creates empty moments of `dim`-vectors (memory: dim² doubles).
+/// Creates empty moments of `dim`-vectors (memory: dim² doubles; GS_ERR_OUT_OF_MEMORY when
+/// they cannot be allocated).
 ///
 /// # Safety
 /// `out` points to writable storage.
@@ -833,19 +875,8 @@ pub unsafe extern "C" fn gs_moments_create(dim: usize, out: *mut *mut gs_moments
         if dim == 0 {
             return Err(Error::arg("dim", "must be at least 1"));
         }
-        let bytes = dim.checked_mul(dim).and_then(|n| n.checked_mul(8));
-        if bytes.is_none_or(|b| b > isize::MAX as usize) {
-            return Err(Error::arg(
-                "dim",
-                format!("{dim}² doubles do not fit in memory"),
-            ));
-        }
-        write_out(
-            out,
-            gs_moments {
-                inner: Moments::new(dim),
-            },
-        );
+        let inner = Moments::try_new(dim)?;
+        write_out(out, gs_moments { inner });
         Ok(())
     })
 }
@@ -933,9 +964,9 @@ pub unsafe extern "C" fn gs_fit(
         let m = &non_null(moments, "moments")?.inner;
         check_out(out)?;
         let rank = match (rank, explained) {
-            (0, e) if e == 0.0 => Rank::Full,
+            (0, 0.0) => Rank::Full,
             (0, e) => Rank::Explained(e),
-            (r, e) if e == 0.0 => Rank::Fixed(r),
+            (r, 0.0) => Rank::Fixed(r),
             _ => {
                 return Err(Error::arg(
                     "explained",

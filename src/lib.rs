@@ -37,8 +37,10 @@ pub mod ideal;
 pub mod model;
 pub mod noise;
 pub mod npy;
+mod pool;
 pub mod reference;
 pub mod rng;
+mod safetensors_header;
 pub mod sampler;
 
 pub use backend::{LaunchTimes, Splits};

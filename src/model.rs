@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
 
 use crate::error::{Error, Result};
 
@@ -28,6 +28,9 @@ pub const FILE_FORMAT_VERSION: u32 = 1;
 /// Above this many multiply-adds the Gram check uses random probes instead of the full
 /// `rank x rank` product (a full-rank 16384-dim model would otherwise take minutes to load).
 const EXACT_GRAM_BUDGET: f64 = 1e11;
+
+/// Entries of the Gram matrix computed at once by the orthonormality check.
+const GRAM_BLOCK: usize = 1 << 18;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -132,7 +135,7 @@ impl Model {
                 meta.item_shape
             )));
         }
-        check_orthonormal(&eigvecs, rank, dim)?;
+        crate::pool::install(|| check_orthonormal(&eigvecs, rank, dim))?;
         Ok(Model {
             dim,
             rank,
@@ -237,32 +240,38 @@ impl Model {
         write_atomic(path, &bytes)
     }
 
-    /// Reads and validates a model file.
+    /// Reads and validates a model file. Tensors are read straight into the model's arrays:
+    /// loading needs about the file's size in memory, plus a small buffer.
     ///
     /// # Errors
     /// `Io` when the file cannot be read; `FileFormat` naming the file and what is wrong:
-    /// truncated or corrupt safetensors, a missing tensor, a wrong dtype or shape, a wrong
-    /// format name or version, or any validation failure of [`Model::from_parts`].
+    /// truncated or corrupt safetensors (including duplicate keys in its header), a missing
+    /// tensor, a wrong dtype or shape, a wrong format name or version, or any validation
+    /// failure of [`Model::from_parts`]; `OutOfMemory` when the arrays cannot be allocated.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_safetensors_bytes(&bytes, path)
+        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::read_from(std::io::BufReader::new(file), len, path)
     }
 
-    fn from_safetensors_bytes(bytes: &[u8], path: &Path) -> Result<Model> {
+    /// Reads and validates a model file held in memory; `name` labels errors. As
+    /// [`Model::load`].
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Model> {
+        Self::read_from(
+            std::io::Cursor::new(bytes),
+            bytes.len() as u64,
+            name.as_ref(),
+        )
+    }
+
+    fn read_from(mut reader: impl Read + Seek, len: u64, path: &Path) -> Result<Model> {
         let bad = |reason: String| Error::format(path, reason);
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
-            use safetensors::SafeTensorError as E;
-            match e {
-                E::MetadataIncompleteBuffer | E::InvalidHeaderLength | E::HeaderTooSmall => bad(
-                    format!("truncated or padded: its size does not match its header ({e})"),
-                ),
-                e => bad(format!("not a valid safetensors file: {e}")),
-            }
-        })?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-        let meta_map = header.metadata().clone().unwrap_or_default();
+        let header = crate::safetensors_header::read(&mut reader, len, path)?;
+        let meta_map = header.meta.metadata().clone().unwrap_or_default();
         match meta_map.get("format").map(String::as_str) {
             Some(FILE_FORMAT) => {}
             Some(other) => {
@@ -285,43 +294,20 @@ impl Model {
                 "format_version {version:?} is not supported (this build reads version {FILE_FORMAT_VERSION})"
             )));
         }
-        let get = |name: &str, want_rank: usize| -> Result<(Vec<usize>, Vec<f64>)> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
-            let shape = t.shape().to_vec();
-            if shape.len() != want_rank {
-                return Err(bad(format!(
-                    "tensor `{name}` has shape {shape:?}, expected {want_rank} dimension(s)"
-                )));
-            }
-            let data = t.data();
-            let values = match t.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                    .collect(),
-                Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                other => {
-                    return Err(bad(format!(
-                        "tensor `{name}` has dtype {other:?}, expected F32 or F64"
-                    )))
-                }
-            };
-            Ok((shape, values))
+        let mut tensors = TensorReader {
+            reader,
+            meta: &header.meta,
+            data_start: header.data_start,
+            path,
         };
-        let (_, mean) = get("mean", 1)?;
-        let (_, eigvals) = get("eigvals", 1)?;
-        let (vshape, eigvecs) = get("eigvecs", 2)?;
-        let (_, resid) = get("residual_var", 0)?;
-        if vshape != [eigvals.len(), mean.len()] {
+        let mean_shape = tensors.shape("mean", 1)?;
+        let vals_shape = tensors.shape("eigvals", 1)?;
+        let vecs_shape = tensors.shape("eigvecs", 2)?;
+        tensors.shape("residual_var", 0)?;
+        if vecs_shape != [vals_shape[0], mean_shape[0]] {
             return Err(bad(format!(
-                "tensor `eigvecs` has shape {vshape:?}, expected [{}, {}] (eigvals x mean)",
-                eigvals.len(),
-                mean.len()
+                "tensor `eigvecs` has shape {vecs_shape:?}, expected [{}, {}] (eigvals x mean)",
+                vals_shape[0], mean_shape[0]
             )));
         }
         let item_shape =
@@ -339,19 +325,98 @@ impl Model {
             sample_count,
             source: meta_map.get("source").cloned().unwrap_or_default(),
         };
-        Model::from_parts(
-            mean.iter().map(|&v| v as f32).collect(),
-            eigvals,
-            eigvecs.iter().map(|&v| v as f32).collect(),
-            resid[0],
-            meta,
-        )
-        .map_err(|e| bad(e.to_string()))
+        let mean = tensors.read("mean", |v| v as f32)?;
+        let eigvals = tensors.read("eigvals", |v| v)?;
+        let eigvecs = tensors.read("eigvecs", |v| v as f32)?;
+        let resid = tensors.read("residual_var", |v| v)?;
+        Model::from_parts(mean, eigvals, eigvecs, resid[0], meta).map_err(|e| match e {
+            e @ Error::OutOfMemory(_) => e,
+            e => bad(e.to_string()),
+        })
+    }
+}
+
+/// Reads the tensors of a model file whose header has been checked.
+struct TensorReader<'a, R> {
+    reader: R,
+    meta: &'a Metadata,
+    data_start: u64,
+    path: &'a Path,
+}
+
+impl<R: Read + Seek> TensorReader<'_, R> {
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.meta
+            .info(name)
+            .ok_or_else(|| Error::format(self.path, format!("tensor `{name}` is missing")))
+    }
+
+    /// The shape of tensor `name`, which must have `dims` dimensions and an f32 or f64 dtype.
+    fn shape(&self, name: &str, dims: usize) -> Result<Vec<usize>> {
+        let t = self.info(name)?;
+        if t.shape.len() != dims {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "tensor `{name}` has shape {}, expected {dims} dimension(s)",
+                    crate::npy::show_shape(&t.shape)
+                ),
+            ));
+        }
+        if !matches!(t.dtype, Dtype::F32 | Dtype::F64) {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "tensor `{name}` has dtype {:?}, expected F32 or F64",
+                    t.dtype
+                ),
+            ));
+        }
+        Ok(t.shape.clone())
+    }
+
+    /// Reads tensor `name` (f32 or f64, checked by [`TensorReader::shape`]) into a vector of
+    /// `T` through a small buffer, converting each element with `conv`.
+    fn read<T>(&mut self, name: &str, conv: impl Fn(f64) -> T) -> Result<Vec<T>> {
+        const CHUNK: usize = 1 << 16;
+        let t = self.info(name)?;
+        let (start, end) = t.data_offsets;
+        let size = t.dtype.bitsize() / 8;
+        let f64s = t.dtype == Dtype::F64;
+        let count = (end - start) / size;
+        let mut out = Vec::new();
+        out.try_reserve_exact(count).map_err(|_| {
+            Error::OutOfMemory(format!(
+                "{}: tensor `{name}` of {count} elements",
+                self.path.display()
+            ))
+        })?;
+        let io = |e| Error::io(self.path, e);
+        self.reader
+            .seek(SeekFrom::Start(self.data_start + start as u64))
+            .map_err(io)?;
+        let mut buf = vec![0u8; CHUNK * size];
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            let bytes = &mut buf[..n * size];
+            self.reader.read_exact(bytes).map_err(io)?;
+            out.extend(bytes.chunks_exact(size).map(|b| {
+                conv(if f64s {
+                    f64::from_le_bytes(b.try_into().expect("8 bytes"))
+                } else {
+                    f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                })
+            }));
+            left -= n;
+        }
+        Ok(out)
     }
 }
 
 fn item_shape_fits(shape: &[usize], dim: usize) -> bool {
-    shape.is_empty() || shape.iter().product::<usize>() == dim
+    // Checked: a wrapped product of hostile sizes could equal dim.
+    shape.is_empty() || crate::npy::element_count(shape) == Some(dim)
 }
 
 /// Parses "3,32,32" (empty text = unknown shape).
@@ -415,14 +480,21 @@ fn check_orthonormal(eigvecs: &[f32], rank: usize, dim: usize) -> Result<()> {
     }
     let e = faer::MatRef::from_row_major_slice(eigvecs, rank, dim);
     if (rank * rank) as f64 * dim as f64 <= EXACT_GRAM_BUDGET {
-        let g = e * e.transpose();
-        for i in 0..rank {
-            for j in 0..i {
-                let v = g[(i, j)] as f64;
-                if v.abs() > ORTHONORMAL_TOL {
-                    return Err(Error::InvalidModel(format!(
-                        "eigenvectors {j} and {i} are not orthogonal: dot product {v:.3e} (tolerance {ORTHONORMAL_TOL})"
-                    )));
+        // The lower triangle of E E^T, a block of rows at a time, so the check needs at most
+        // GRAM_BLOCK values besides the model.
+        let block = (GRAM_BLOCK / rank).max(1);
+        for i0 in (0..rank).step_by(block) {
+            let rows = block.min(rank - i0);
+            let g = e.subrows(i0, rows) * e.subrows(0, i0 + rows).transpose();
+            for i in 0..rows {
+                for j in 0..i0 + i {
+                    let v = g[(i, j)] as f64;
+                    if v.abs() > ORTHONORMAL_TOL {
+                        return Err(Error::InvalidModel(format!(
+                            "eigenvectors {j} and {} are not orthogonal: dot product {v:.3e} (tolerance {ORTHONORMAL_TOL})",
+                            i0 + i
+                        )));
+                    }
                 }
             }
         }

@@ -60,25 +60,29 @@ impl Noise {
         self.sigma / self.alpha
     }
 
+    /// An `InvalidNoise` error for this level, naming `arg`.
+    pub(crate) fn invalid(&self, arg: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidNoise {
+            arg,
+            alpha: self.alpha,
+            sigma: self.sigma,
+            reason: reason.into(),
+        }
+    }
+
     /// Checks that alpha and sigma are finite, non-negative and not both zero.
     ///
     /// # Errors
     /// `InvalidNoise` naming `arg` otherwise.
     pub fn validate(&self, arg: &'static str) -> Result<()> {
-        let bad = |reason| Error::InvalidNoise {
-            arg,
-            alpha: self.alpha,
-            sigma: self.sigma,
-            reason,
-        };
         if !self.alpha.is_finite() || !self.sigma.is_finite() {
-            return Err(bad("alpha and sigma must be finite"));
+            return Err(self.invalid(arg, "alpha and sigma must be finite"));
         }
         if self.alpha < 0.0 || self.sigma < 0.0 {
-            return Err(bad("alpha and sigma must be >= 0"));
+            return Err(self.invalid(arg, "alpha and sigma must be >= 0"));
         }
         if self.alpha == 0.0 && self.sigma == 0.0 {
-            return Err(bad("alpha and sigma cannot both be 0"));
+            return Err(self.invalid(arg, "alpha and sigma cannot both be 0"));
         }
         Ok(())
     }
@@ -91,12 +95,7 @@ impl Noise {
     pub fn validate_source(&self, arg: &'static str) -> Result<()> {
         self.validate(arg)?;
         if self.sigma <= 0.0 {
-            return Err(Error::InvalidNoise {
-                arg,
-                alpha: self.alpha,
-                sigma: self.sigma,
-                reason: "a skip must start from sigma > 0",
-            });
+            return Err(self.invalid(arg, "a skip must start from sigma > 0"));
         }
         Ok(())
     }
@@ -104,7 +103,13 @@ impl Noise {
     /// Marginal standard deviation along a direction of data variance `lambda`:
     /// sqrt(alpha^2 lambda + sigma^2).
     pub fn marginal_std(&self, lambda: f64) -> f64 {
-        (self.alpha * self.alpha * lambda + self.sigma * self.sigma).sqrt()
+        let s2 = self.alpha * self.alpha * lambda + self.sigma * self.sigma;
+        if s2.is_finite() && s2 > 1e-280 {
+            s2.sqrt()
+        } else {
+            // Extreme (alpha, sigma): hypot, whose squares neither overflow nor underflow.
+            (self.alpha * lambda.sqrt()).hypot(self.sigma)
+        }
     }
 
     /// Posterior-mean gain of a direction of variance `lambda`: alpha lambda / s^2 (0 where the
@@ -164,14 +169,29 @@ pub fn karras_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> 
 }
 
 /// Per-row scalars and per-mode weights of one output slab: `out = a mu + b y + U (w .* U^T y)`.
+/// When the levels are the same for every row, one set serves all rows (see
+/// [`SlabCoeffs::index`]).
 #[derive(Clone, Debug, Default)]
 pub struct SlabCoeffs {
-    /// Per row: coefficient of the mean.
+    /// Per row (or one for all): coefficient of the mean.
     pub a: Vec<f64>,
-    /// Per row: coefficient of y off the subspace.
+    /// Per row (or one for all): coefficient of y off the subspace.
     pub b: Vec<f64>,
-    /// Row-major `rows x rank`: weight of each mode's projection.
+    /// Row-major `rows x rank` (or `1 x rank`): weight of each mode's projection.
     pub w: Vec<f64>,
+    /// Per row (or one for all): the level the slab is computed for (named in errors).
+    pub level: Vec<Noise>,
+}
+
+impl SlabCoeffs {
+    /// Where row `row`'s coefficients are: `row`, or 0 when one set serves every row.
+    pub fn index(&self, row: usize) -> usize {
+        if self.a.len() == 1 {
+            0
+        } else {
+            row
+        }
+    }
 }
 
 /// Everything a backend needs to evaluate an operation on `rows` inputs: the input shift `c`
@@ -182,10 +202,66 @@ pub struct Plan {
     pub rows: usize,
     /// Number of modes (model rank).
     pub rank: usize,
-    /// Per row: the multiple of the mean removed from x.
+    /// Per row (or one for all rows): the multiple of the mean removed from x.
     pub c: Vec<f64>,
     /// Output slabs, written one after another (`slabs.len() * rows` output rows).
     pub slabs: Vec<SlabCoeffs>,
+    /// How the coefficients amplify rounding; see [`Conditioning`].
+    pub conditioning: Conditioning,
+    /// Name of the argument holding the slabs' levels (`to`, `at` or `levels`).
+    pub target_arg: &'static str,
+}
+
+/// Largest coefficient magnitude the fast paths accept: they compute in f32.
+pub const COEFF_MAX: f64 = f32::MAX as f64;
+
+/// Smallest output gain (largest of a row's `a`, `b` and mode gains) accepted when it is not
+/// 0: below it the output of a row falls under f32's normal range and loses its digits.
+pub const GAIN_MIN: f64 = 1.0e-30;
+
+/// Cancellation factor above which the CPU path starts in f64 rather than try f32 first.
+pub const F32_CANCELLATION_MAX: f64 = 8.0;
+
+/// How much an operation's coefficients can amplify rounding, from the levels and the spectrum
+/// alone (the CPU path refines this with the data; see `backend::cpu`).
+///
+/// Every operation computes `b y + U (w .* U^T y)` with `w_k = gain_k - b`. Along mode k the
+/// result is `gain_k p_k`, but it is formed as `b p_k + (gain_k - b) p_k`: where the residual
+/// gain `b` exceeds a mode's gain the two terms cancel and rounding of size `b` lands on a
+/// result of size `gain_k`. Their largest ratio `b / gain_k` (over rows, slabs and modes of
+/// positive gain; 1 when `b` exceeds no gain) is the cancellation factor. It exceeds 1 for
+/// inversions (a target noisier than the source: `b` is then the largest gain) and for models
+/// whose residual variance exceeds their smallest eigenvalue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conditioning {
+    /// Largest ratio of the residual gain `b` to a positive mode gain below it (1 if none).
+    pub cancellation: f64,
+}
+
+impl Plan {
+    /// The argument name and level of output slab `slab`, row `row`, for error messages.
+    pub fn target(&self, slab: usize, row: usize) -> (&'static str, Noise) {
+        let s = &self.slabs[slab];
+        (self.target_arg, s.level[s.index(row)])
+    }
+
+    /// The input shift of row `row`.
+    pub fn c(&self, row: usize) -> f64 {
+        self.c[if self.c.len() == 1 { 0 } else { row }]
+    }
+}
+
+impl Default for Conditioning {
+    fn default() -> Self {
+        Conditioning { cancellation: 1.0 }
+    }
+}
+
+impl Conditioning {
+    /// True when f32 arithmetic cannot meet the precision contract whatever the data.
+    pub fn needs_f64(&self) -> bool {
+        self.cancellation > F32_CANCELLATION_MAX
+    }
 }
 
 /// Noise levels given once for a whole batch or once per row.
@@ -290,77 +366,258 @@ impl<'a> Op<'a> {
         }
     }
 
-    /// The per-row shift and output coefficients for a model with mode variances `eigvals`
-    /// and off-subspace variance `residual_var`.
+    /// Checks that the operation's coefficients for a model with mode variances `eigvals`
+    /// (non-increasing) and off-subspace variance `residual_var` can be evaluated within the
+    /// precision contract, and says how they amplify rounding. Every backend calls this
+    /// before any work; it costs O(rows x slabs), not O(rank): every gain is monotone in the
+    /// variance (see [`RowGains`]), so its extremes over the modes are at the first and last.
     ///
     /// # Errors
-    /// As [`Op::validate`].
-    pub fn plan(&self, eigvals: &[f64], residual_var: f64, rows: usize) -> Result<Plan> {
+    /// Those of [`Op::validate`]; `InvalidNoise` with the reason when a coefficient is not
+    /// finite or beyond [`COEFF_MAX`] (e.g. sigma_to / sigma_from above 3.4e38, alpha = 1e200), or
+    /// when a row's largest gain is below [`GAIN_MIN`].
+    pub fn check(&self, eigvals: &[f64], residual_var: f64, rows: usize) -> Result<Conditioning> {
         self.validate(rows)?;
+        let (first, last) = match (eigvals.first(), eigvals.last()) {
+            (Some(&f), Some(&l)) => (f, l),
+            _ => return Err(Error::InvalidModel("a model has at least one mode".into())),
+        };
+        // A gain is 0 only for a variance of 0 (at a valid level): the smallest positive
+        // variance has the smallest positive gain.
+        let positive = eigvals.partition_point(|&l| l > 0.0);
+        let spectrum = Spectrum {
+            first,
+            last,
+            last_positive: positive.checked_sub(1).map(|k| eigvals[k]),
+            residual_var,
+        };
+        let mut cond = Conditioning::default();
+        // Rows with the same levels have the same coefficients: check each set once.
+        let distinct = match self.per_row() {
+            (false, false) => 1.min(rows),
+            _ => rows,
+        };
+        for slab in 0..self.slabs() {
+            for row in 0..distinct {
+                let g = self.row_gains(slab, row);
+                let c = g.check(&spectrum, self.target_arg())?;
+                cond.cancellation = cond.cancellation.max(c.cancellation);
+            }
+        }
+        Ok(cond)
+    }
+
+    /// The per-row shift and output coefficients for a model with mode variances `eigvals`
+    /// and off-subspace variance `residual_var`, after [`Op::check`].
+    ///
+    /// # Errors
+    /// As [`Op::check`]; `OutOfMemory` when the coefficient tables cannot be allocated.
+    pub fn plan(&self, eigvals: &[f64], residual_var: f64, rows: usize) -> Result<Plan> {
+        let conditioning = self.check(eigvals, residual_var, rows)?;
         let rank = eigvals.len();
+        let table = |n: usize| crate::error::try_vec(n, 0.0, "coefficient table");
+        // Levels given once for all rows give one set of coefficients for all rows.
+        let (source_rows, target_rows) = self.per_row();
+        let c_rows = if source_rows { rows } else { 1 };
         let mut plan = Plan {
             rows,
             rank,
-            c: Vec::with_capacity(rows),
+            c: table(c_rows)?,
             slabs: Vec::new(),
+            conditioning,
+            target_arg: self.target_arg(),
         };
-        let targets: Vec<(Levels<'_>, bool)> = match *self {
-            Op::Skip { to, .. } => vec![(to, false)],
-            Op::Denoise { at } => vec![(at, true)],
-            Op::SkipTrajectory { levels, .. } => {
-                levels.iter().map(|&n| (Levels::One(n), false)).collect()
-            }
-            Op::X0Trajectory { levels, .. } => {
-                levels.iter().map(|&n| (Levels::One(n), true)).collect()
-            }
-        };
-        for row in 0..rows {
-            let c = match self {
-                Op::Denoise { at } => at.get(row).alpha,
-                Op::Skip { from, .. }
-                | Op::SkipTrajectory { from, .. }
-                | Op::X0Trajectory { from, .. } => from.get(row).alpha,
-            };
-            plan.c.push(c);
+        for (row, c) in plan.c.iter_mut().enumerate() {
+            *c = self.row_gains(0, row).c();
         }
-        for (to, x0) in targets {
-            let mut slab = SlabCoeffs {
-                a: Vec::with_capacity(rows),
-                b: Vec::with_capacity(rows),
-                w: Vec::with_capacity(rows * rank),
+        let n = if source_rows || target_rows { rows } else { 1 };
+        let weights = n
+            .checked_mul(rank)
+            .ok_or_else(|| Error::arg("batch", "rows x rank overflows"))?;
+        for slab in 0..self.slabs() {
+            let mut coeffs = SlabCoeffs {
+                a: table(n)?,
+                b: table(n)?,
+                w: table(weights)?,
+                level: crate::error::try_vec(n, Noise::new(0.0, 0.0), "level table")?,
             };
-            for row in 0..rows {
-                let t = to.get(row);
-                let (a, b) = match self {
-                    Op::Denoise { .. } => {
-                        let hp = t.denoise_gain(residual_var);
-                        slab.w
-                            .extend(eigvals.iter().map(|&l| t.denoise_gain(l) - hp));
-                        (1.0, hp)
-                    }
-                    Op::Skip { from, .. }
-                    | Op::SkipTrajectory { from, .. }
-                    | Op::X0Trajectory { from, .. } => {
-                        let s = from.get(row);
-                        let gain = |l: f64| {
-                            let g = t.marginal_std(l) / s.marginal_std(l);
-                            if x0 {
-                                t.denoise_gain(l) * g
-                            } else {
-                                g
-                            }
-                        };
-                        let gp = gain(residual_var);
-                        slab.w.extend(eigvals.iter().map(|&l| gain(l) - gp));
-                        (if x0 { 1.0 } else { t.alpha }, gp)
-                    }
-                };
-                slab.a.push(a);
-                slab.b.push(b);
+            for row in 0..n {
+                let g = self.row_gains(slab, row);
+                let gp = g.gain(residual_var);
+                coeffs.a[row] = g.a();
+                coeffs.b[row] = gp;
+                coeffs.level[row] = g.target();
+                for (w, &l) in coeffs.w[row * rank..(row + 1) * rank]
+                    .iter_mut()
+                    .zip(eigvals)
+                {
+                    *w = g.gain(l) - gp;
+                }
             }
-            plan.slabs.push(slab);
+            plan.slabs.push(coeffs);
         }
         Ok(plan)
+    }
+
+    /// Whether the source and the target levels are given per row.
+    fn per_row(&self) -> (bool, bool) {
+        let rows = |l: &Levels<'_>| matches!(l, Levels::PerRow(_));
+        match self {
+            Op::Skip { from, to } => (rows(from), rows(to)),
+            Op::Denoise { at } => (rows(at), rows(at)),
+            Op::SkipTrajectory { from, .. } | Op::X0Trajectory { from, .. } => (rows(from), false),
+        }
+    }
+
+    /// The name of the argument holding the output levels (`to`, `at` or `levels`).
+    fn target_arg(&self) -> &'static str {
+        match self {
+            Op::Skip { .. } => "to",
+            Op::Denoise { .. } => "at",
+            Op::SkipTrajectory { .. } | Op::X0Trajectory { .. } => "levels",
+        }
+    }
+
+    /// The levels that define output slab `slab` of row `row`.
+    fn row_gains(&self, slab: usize, row: usize) -> RowGains {
+        match *self {
+            Op::Skip { from, to } => RowGains::Skip {
+                from: from.get(row),
+                to: to.get(row),
+            },
+            Op::Denoise { at } => RowGains::Denoise { at: at.get(row) },
+            Op::SkipTrajectory { from, levels } => RowGains::Skip {
+                from: from.get(row),
+                to: levels[slab],
+            },
+            Op::X0Trajectory { from, levels } => RowGains::X0 {
+                from: from.get(row),
+                to: levels[slab],
+            },
+        }
+    }
+}
+
+/// The variances that bound every coefficient of an operation (see [`RowGains::check`]).
+struct Spectrum {
+    first: f64,
+    last: f64,
+    last_positive: Option<f64>,
+    residual_var: f64,
+}
+
+/// The coefficients of one output row as functions of a direction's variance lambda: the
+/// table of SPEC §4. Every gain is non-negative and monotone in lambda: the skip gain
+/// sqrt((alpha_t^2 l + sigma_t^2) / (alpha_s^2 l + sigma_s^2)) is a ratio of linear functions
+/// under a root, the denoiser gain alpha l / (alpha^2 l + sigma^2) increases, and their
+/// product alpha_t l / sqrt(s_t^2 s_s^2) increases (its log-derivative is a sum of
+/// non-negative terms).
+#[derive(Clone, Copy, Debug)]
+enum RowGains {
+    Skip { from: Noise, to: Noise },
+    Denoise { at: Noise },
+    X0 { from: Noise, to: Noise },
+}
+
+impl RowGains {
+    /// Gain of a direction of variance `lambda`.
+    fn gain(&self, lambda: f64) -> f64 {
+        match *self {
+            RowGains::Skip { from, to } => to.marginal_std(lambda) / from.marginal_std(lambda),
+            RowGains::Denoise { at } => at.denoise_gain(lambda),
+            RowGains::X0 { from, to } => {
+                to.denoise_gain(lambda) * (to.marginal_std(lambda) / from.marginal_std(lambda))
+            }
+        }
+    }
+
+    /// Coefficient of the mean in the output.
+    fn a(&self) -> f64 {
+        match *self {
+            RowGains::Skip { to, .. } => to.alpha,
+            RowGains::Denoise { .. } | RowGains::X0 { .. } => 1.0,
+        }
+    }
+
+    /// Multiple of the mean removed from the input.
+    fn c(&self) -> f64 {
+        match *self {
+            RowGains::Skip { from, .. } | RowGains::X0 { from, .. } => from.alpha,
+            RowGains::Denoise { at } => at.alpha,
+        }
+    }
+
+    /// The level the output is computed for.
+    fn target(&self) -> Noise {
+        match *self {
+            RowGains::Skip { to, .. } | RowGains::X0 { to, .. } => to,
+            RowGains::Denoise { at } => at,
+        }
+    }
+
+    /// The level an error about the input shift names.
+    fn source(&self) -> (&'static str, Noise) {
+        match *self {
+            RowGains::Skip { from, .. } | RowGains::X0 { from, .. } => ("from", from),
+            RowGains::Denoise { at } => ("at", at),
+        }
+    }
+
+    /// Checks this row's coefficients for the modes and residual variance of `spec` (see
+    /// [`Op::check`]); errors about the output name `arg`.
+    fn check(&self, spec: &Spectrum, arg: &'static str) -> Result<Conditioning> {
+        let (gf, gl, gp) = (
+            self.gain(spec.first),
+            self.gain(spec.last),
+            self.gain(spec.residual_var),
+        );
+        let (lo, hi) = (gf.min(gl), gf.max(gl));
+        let lo_positive = match spec.last_positive {
+            Some(l) => gf.min(self.gain(l)),
+            None => 0.0,
+        };
+        let (c, a) = (self.c(), self.a());
+        let (src_arg, src) = self.source();
+        if c.is_nan() || c.abs() > COEFF_MAX {
+            return Err(src.invalid(
+                src_arg,
+                format!("alpha is beyond the f32 range ({COEFF_MAX:e}) the computation runs in"),
+            ));
+        }
+        let level = self.target();
+        let what = match *self {
+            RowGains::Skip { from, .. } | RowGains::X0 { from, .. } => {
+                format!(" (from alpha = {:?}, sigma = {:?})", from.alpha, from.sigma)
+            }
+            RowGains::Denoise { .. } => String::new(),
+        };
+        let coeffs = [a, gp, hi, hi - gp, lo - gp];
+        if !coeffs.iter().all(|v| v.abs() <= COEFF_MAX) {
+            let worst = coeffs
+                .iter()
+                .map(|v| if v.is_nan() { f64::INFINITY } else { v.abs() })
+                .fold(0.0, f64::max);
+            return Err(level.invalid(
+                arg,
+                format!(
+                    "a coefficient of this operation{what} is {worst:e}, beyond the f32 range ({COEFF_MAX:e}) the computation runs in; the output would overflow"
+                ),
+            ));
+        }
+        let largest = a.max(gp).max(hi);
+        if largest > 0.0 && largest < GAIN_MIN {
+            return Err(level.invalid(
+                arg,
+                format!(
+                    "every gain of this operation{what} is below {GAIN_MIN:e} (largest {largest:e}); the output would underflow f32"
+                ),
+            ));
+        }
+        let mut cond = Conditioning::default();
+        if lo_positive > 0.0 && gp > lo_positive {
+            cond.cancellation = gp / lo_positive;
+        }
+        Ok(cond)
     }
 }
 
@@ -371,12 +628,7 @@ impl<'a> Op<'a> {
 pub fn eps_from_denoised(x: &[f64], denoised: &[f64], at: Noise) -> Result<Vec<f64>> {
     at.validate("at")?;
     if at.sigma <= 0.0 {
-        return Err(Error::InvalidNoise {
-            arg: "at",
-            alpha: at.alpha,
-            sigma: at.sigma,
-            reason: "epsilon and score need sigma > 0",
-        });
+        return Err(at.invalid("at", "epsilon and score need sigma > 0"));
     }
     if x.len() != denoised.len() {
         return Err(Error::shape("denoised", x.len(), denoised.len()));

@@ -280,10 +280,8 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// `ShapeMismatch` when the shape's product is not `data.len()`; `Io` when the file cannot
 /// be written.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::arg("shape", format!("{shape:?} overflows")))?;
+    let count = element_count(shape)
+        .ok_or_else(|| Error::arg("shape", format!("{} overflows", show_shape(shape))))?;
     if count != data.len() {
         return Err(Error::shape(
             "data",
@@ -461,8 +459,43 @@ fn read_header(reader: &mut impl Read, name: &Path) -> Result<Header> {
     } else {
         raw.iter().map(|&b| b as char).collect()
     };
-    parse_header(&text)
-        .map_err(|reason| bad(format!("bad .npy header {:?}: {reason}", text.trim_end())))
+    parse_header(&text).map_err(|reason| {
+        bad(format!(
+            "bad .npy header {}: {reason}",
+            quote(text.trim_end())
+        ))
+    })
+}
+
+/// The number of elements of an array of `shape` (1 for a scalar), or `None` when the
+/// product of the sizes overflows `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// A shape for messages: `[2, 3]`, or its first dimensions and their count when it has many.
+pub fn show_shape(shape: &[usize]) -> String {
+    const SHOWN: usize = 8;
+    if shape.len() <= SHOWN {
+        format!("{shape:?}")
+    } else {
+        let head: Vec<String> = shape[..SHOWN].iter().map(usize::to_string).collect();
+        format!("[{}, ... ({} dimensions)]", head.join(", "), shape.len())
+    }
+}
+
+/// Longest piece of a header quoted in an error message.
+const QUOTE_MAX: usize = 120;
+
+/// `text` in quotes, cut to [`QUOTE_MAX`] characters with its full length when longer.
+fn quote(text: &str) -> String {
+    let count = text.chars().count();
+    if count <= QUOTE_MAX {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(QUOTE_MAX).collect();
+        format!("{head:?}... ({count} characters)")
+    }
 }
 
 /// Parses the header dict `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
@@ -471,6 +504,11 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
     let Value::Dict(entries) = value else {
         return Err("expected a dictionary".into());
     };
+    if let Some(k) =
+        (1..entries.len()).find(|&k| entries[..k].iter().any(|(e, _)| *e == entries[k].0))
+    {
+        return Err(format!("key '{}' appears more than once", entries[k].0));
+    }
     let get = |key: &str| {
         entries
             .iter()
@@ -510,14 +548,26 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
     };
     if fortran && shape.iter().filter(|&&d| d > 1).count() > 1 {
         return Err(format!(
-            "Fortran-ordered (column-major) arrays of shape {shape:?} are not supported; save the array in C order (numpy.ascontiguousarray)"
+            "Fortran-ordered (column-major) arrays of shape {} are not supported; save the array in C order (numpy.ascontiguousarray)",
+            show_shape(&shape)
         ));
     }
-    let len = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    // Every sub-product must fit too: a 0 anywhere would hide an overflow of the others.
+    let len = element_count(&shape)
+        .filter(|_| {
+            shape
+                .iter()
+                .filter(|&&d| d > 0)
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some()
+        })
         .filter(|&n| n.checked_mul(dtype.size()).is_some())
-        .ok_or_else(|| format!("shape {shape:?} is too large (its size overflows)"))?;
+        .ok_or_else(|| {
+            format!(
+                "shape {} is too large (its size overflows)",
+                show_shape(&shape)
+            )
+        })?;
     Ok(Header {
         shape,
         dtype,
@@ -537,9 +587,14 @@ enum Value {
     None,
 }
 
+/// Deepest nesting of brackets the parser follows. A real header nests two deep (the dict
+/// and its shape tuple); the limit keeps a hostile header from exhausting the stack.
+const MAX_DEPTH: usize = 16;
+
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
@@ -547,7 +602,22 @@ impl<'a> Parser<'a> {
         Parser {
             s: text.as_bytes(),
             at: 0,
+            depth: 0,
         }
+    }
+
+    /// Parses a value one level deeper, refusing nesting beyond [`MAX_DEPTH`].
+    fn nested(&mut self) -> std::result::Result<Value, String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(format!(
+                "brackets nested more than {MAX_DEPTH} deep at byte {}",
+                self.at
+            ));
+        }
+        self.depth += 1;
+        let v = self.value();
+        self.depth -= 1;
+        v
     }
 
     fn document(mut self) -> std::result::Result<Value, String> {
@@ -593,14 +663,14 @@ impl<'a> Parser<'a> {
                         self.at += 1;
                         break;
                     }
-                    let Value::Str(key) = self.value()? else {
+                    let Value::Str(key) = self.nested()? else {
                         return Err(format!(
                             "dictionary key at byte {} is not a string",
                             self.at
                         ));
                     };
                     self.expect(b':')?;
-                    entries.push((key, self.value()?));
+                    entries.push((key, self.nested()?));
                     match self.peek() {
                         Some(b',') => self.at += 1,
                         Some(b'}') => {}
@@ -618,7 +688,7 @@ impl<'a> Parser<'a> {
                         self.at += 1;
                         break;
                     }
-                    items.push(self.value()?);
+                    items.push(self.nested()?);
                     match self.peek() {
                         Some(b',') => self.at += 1,
                         Some(c) if c == close => {}
@@ -932,6 +1002,35 @@ mod tests {
             let msg = err_text(&npy_bytes(1, dict, &[0u8; 8]));
             assert!(msg.contains(want), "{dict}: {msg}");
         }
+    }
+
+    #[test]
+    fn hostile_headers_are_errors_not_crashes() {
+        // 30,000 nested brackets in a version-2 header used to overflow the stack.
+        let deep = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': {}{}, }}",
+            "[".repeat(30_000),
+            "]".repeat(30_000)
+        );
+        let msg = err_text(&npy_bytes(2, &deep, &[0u8; 4]));
+        assert!(msg.contains("nested more than 16 deep"), "{msg}");
+        // The quoted header is cut: the message stays short whatever the header's size.
+        assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+        assert!(msg.contains("characters)"), "{msg}");
+        // Duplicate keys say two things; the file is refused, not read with one of them.
+        let dup = "{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (1,), }";
+        assert!(err_text(&npy_bytes(1, dup, &[0u8; 8])).contains("'descr' appears more than once"));
+        // A zero among huge sizes hides nothing: the other sizes' product must fit too.
+        let zero = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': (0, {0}, {0}), }}",
+            1u64 << 40
+        );
+        assert!(err_text(&npy_bytes(1, &zero, &[])).contains("too large"));
+        // A shape with many dimensions is shown cut in messages.
+        assert_eq!(
+            show_shape(&[2; 30]),
+            "[2, 2, 2, 2, 2, 2, 2, 2, ... (30 dimensions)]"
+        );
     }
 
     #[test]

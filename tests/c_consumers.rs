@@ -4,6 +4,7 @@
 //! of [`gaussskip::reference::Gaussian`], all raw little-endian) into the cargo target's tmp
 //! folder, compiles tests/c/consumer.c (`-std=c11`), tests/cpp/consumer.cpp through
 //! bindings/cpp/gaussskip.hpp (`-std=c++17`, and `-std=c++20` for the std::span overloads) and
+//! tests/c/hostile.c (hostile calls: sizes, levels, files, threads) and
 //! examples/c/skip_example.c with `-Wall -Wextra -Wpedantic -Werror`, links them against
 //! libgaussskip.so and runs them. The programs do the checking; see their header comments.
 //!
@@ -253,6 +254,97 @@ fn write_fixture(dir: &Path) {
         );
         write_f64(&dir.join(format!("ref_{name}.f64")), &reference);
     }
+    write_hostile_fixture(dir, &gauss, &mut rng);
+}
+
+/// The extra files of tests/c/hostile.c: an inversion (sigma 1e-4 -> 10) of rows drawn from
+/// the model at sigma 1e-4 with its reference, and three model files with hostile headers.
+fn write_hostile_fixture(dir: &Path, gauss: &Gaussian, rng: &mut Rng) {
+    let (from, to) = (Noise::edm(1e-4), Noise::edm(10.0));
+    let mut x = Vec::with_capacity(BATCH * DIM);
+    for _ in 0..BATCH {
+        let z = rng.normals(DIM);
+        let e = rng.normals(DIM);
+        let mut row = gauss.mean.clone();
+        for (k, u) in gauss.eigvecs.iter().enumerate() {
+            let c = gauss.eigvals[k].sqrt() * z[k];
+            row.iter_mut().zip(u).for_each(|(v, &ui)| *v += c * ui);
+        }
+        // Off the modes: variance residual_var per direction (z's part outside span(U)).
+        let mut rest = z.clone();
+        for u in &gauss.eigvecs {
+            let p: f64 = u.iter().zip(&z).map(|(a, b)| a * b).sum();
+            rest.iter_mut().zip(u).for_each(|(v, &ui)| *v -= p * ui);
+        }
+        let s = gauss.residual_var.sqrt();
+        for i in 0..DIM {
+            x.push((row[i] + s * rest[i] + from.sigma * e[i]) as f32);
+        }
+    }
+    write_le(&dir.join("x_invert.f32"), x.iter().map(|v| v.to_le_bytes()));
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let op = Op::Skip {
+        from: from.into(),
+        to: to.into(),
+    };
+    write_f64(
+        &dir.join("ref_invert.f64"),
+        &gauss.apply(op, &x64, BATCH).expect("reference inversion"),
+    );
+
+    let good = fs::read(dir.join("model.safetensors")).expect("fixture model");
+    // A tensor entry twice (the same content: a last-wins parser would not notice).
+    write_with_header(&dir.join("dup_tensor.safetensors"), &good, |h| {
+        let v: serde_json::Value = serde_json::from_str(h).unwrap();
+        format!("{{\"mean\":{},{}", v["mean"], &h[1..])
+    });
+    // A metadata key twice, the second saying something else.
+    write_with_header(&dir.join("dup_meta.safetensors"), &good, |h| {
+        h.replacen(
+            "\"format\":\"gaussskip\"",
+            "\"format\":\"gaussskip\",\"format\":\"other\"",
+            1,
+        )
+    });
+    // A small model whose item shape's product wraps around to its dimension: 4 x (2^62 + 1).
+    let small = Model::from_parts(
+        vec![0.0; 4],
+        vec![1.0],
+        vec![1.0, 0.0, 0.0, 0.0],
+        0.0,
+        ModelMeta {
+            item_shape: vec![4],
+            ..ModelMeta::default()
+        },
+    )
+    .expect("small model");
+    let path = dir.join("wrapped_shape.safetensors");
+    small.save(&path).expect("save small model");
+    let bytes = fs::read(&path).expect("read small model");
+    write_with_header(&path, &bytes, |h| {
+        h.replacen(
+            "\"item_shape\":\"4\"",
+            "\"item_shape\":\"4,4611686018427387905\"",
+            1,
+        )
+    });
+}
+
+/// Rewrites the JSON header of a safetensors image with `edit` and writes the file.
+fn write_with_header(path: &Path, bytes: &[u8], edit: impl Fn(&str) -> String) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).expect("UTF-8 header");
+    let new = edit(header.trim_end());
+    assert_ne!(
+        new,
+        header.trim_end(),
+        "{}: the edit changed nothing",
+        path.display()
+    );
+    let mut out = (new.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(new.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    fs::write(path, out).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
 fn cuda_device_present() -> bool {
@@ -360,6 +452,21 @@ fn c_program_matches_reference_and_rejects_bad_calls() {
     );
     let args = consumer_args();
     let out = run(&exe, &args.each_ref().map(String::as_str));
+    assert_passed(&exe, &out);
+}
+
+#[test]
+fn c_program_survives_hostile_calls() {
+    let cc = compiler("CC", "gcc");
+    let exe = build(
+        &cc,
+        "-std=c11",
+        "tests/c/hostile.c",
+        "hostile_c",
+        &["-lm", "-pthread"],
+    );
+    let data = fixture().data.display().to_string();
+    let out = run(&exe, &[&data]);
     assert_passed(&exe, &out);
 }
 

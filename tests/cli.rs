@@ -499,3 +499,193 @@ fn errors_are_one_line_and_write_nothing() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A version-2 .npy whose header is `dict` (padded by nothing), with `data` after it.
+fn raw_npy_v2(path: &Path, dict: &str, data: &[u8]) {
+    let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+    bytes.extend_from_slice(&((dict.len() + 1) as u32).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(data);
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn argument_errors_are_one_line_with_status_one() {
+    for args in [
+        &["skip", "--bogus"][..],
+        &["skip"][..],
+        &["info"][..],
+        &["fit", "x.npy", "--rank", "many"][..],
+        &["no-such-command"][..],
+    ] {
+        let run = gaussskip(args);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("gaussskip: error: "), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+    }
+    // Asking for help or the version is not an error.
+    let run = gaussskip(&["skip", "--help"]);
+    assert_eq!(run.status.code(), Some(0));
+    assert!(stdout(&run).contains("Usage"), "{}", stdout(&run));
+    assert_eq!(gaussskip(&["--version"]).status.code(), Some(0));
+}
+
+#[test]
+fn hostile_levels_and_headers_are_refused_in_one_short_line() {
+    let dir = temp_dir("hostile");
+    // Residual variance 0, as in the papers: the gain off the modes is sigma_to / sigma_from.
+    let (_, base) = model_file(&dir);
+    let model_path = dir.join("zero_residual.safetensors");
+    Model::from_parts(
+        base.mean().to_vec(),
+        base.eigvals().to_vec(),
+        base.eigvecs().to_vec(),
+        0.0,
+        base.meta().clone(),
+    )
+    .unwrap()
+    .save(&model_path)
+    .unwrap();
+    let m = path_str(&model_path).to_string();
+    let good = dir.join("good.npy");
+    npy::write_f32(&good, &[2, DIM], &vec![1.0; 2 * DIM]).unwrap();
+    let out = dir.join("out.npy");
+    let o = path_str(&out).to_string();
+    let skip = |input: &Path, from: &str, to: &str| {
+        vec![
+            "skip".to_string(),
+            "--model".into(),
+            m.clone(),
+            "--input".into(),
+            path_str(input).into(),
+            "--output".into(),
+            o.clone(),
+            "--from".into(),
+            from.into(),
+            "--to".into(),
+            to.into(),
+            "--device".into(),
+            "cpu".into(),
+        ]
+    };
+    let fails = |args: Vec<String>, want: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails(&args, Some(&out), want);
+        let err = stderr(&gaussskip(&args));
+        assert!(err.len() < 600, "{} bytes: {err}", err.len());
+        assert_eq!(gaussskip(&args).status.code(), Some(1));
+    };
+    // Gains beyond f32 used to write NaN/Inf and exit 0.
+    fails(skip(&good, "1e-200", "10"), "beyond the f32 range");
+    let eighty = dir.join("eighty.npy");
+    npy::write_f32(&eighty, &[2, DIM], &vec![80.0; 2 * DIM]).unwrap();
+    fails(skip(&eighty, "80", "1e39"), "overflow f32");
+    fails(skip(&good, "1", "1e39"), "beyond the f32 range");
+    // An output that overflows f32 for these values, though every gain is representable.
+    let big = dir.join("big.npy");
+    npy::write_f32(&big, &[2, DIM], &vec![3e36; 2 * DIM]).unwrap();
+    fails(skip(&big, "1", "1000"), "overflow f32");
+    // 30,000 nested brackets used to overflow the stack (exit 134).
+    let deep = dir.join("deep.npy");
+    let dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': {}{}, }}",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    raw_npy_v2(&deep, &dict, &[0u8; 8]);
+    fails(skip(&deep, "80", "10"), "nested more than 16 deep");
+    // A 1 MB header is quoted in part only.
+    let long = dir.join("long.npy");
+    let dict = format!("{{'descr': '<f4', 'junk': '{}', }}", "x".repeat(1_000_000));
+    raw_npy_v2(&long, &dict, &[]);
+    fails(skip(&long, "80", "10"), "characters)");
+
+    // Tiny levels print compactly, not as 200-digit decimals.
+    let args = skip(&good, "80", "1e-200");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = gaussskip(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stdout(&run).contains("sigma 80 to 1e-200 (EDM)"),
+        "{}",
+        stdout(&run)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fit_reads_csv_and_reports_only_after_writing() {
+    let dir = temp_dir("csv");
+    let csv = dir.join("items.csv");
+    let mut rng = Rng::new(5);
+    let mut text = String::new();
+    for i in 0..40 {
+        let row: Vec<String> = (0..9)
+            .map(|_| ((rng.normal() * 40.0 + 120.0).clamp(0.0, 255.0) as u32).to_string())
+            .collect();
+        text.push_str(&format!("{},{}\n", row.join(","), i % 3));
+    }
+    fs::write(&csv, text).unwrap();
+    let model = dir.join("m.safetensors");
+    let run = gaussskip(&[
+        "fit",
+        path_str(&csv),
+        "-o",
+        path_str(&model),
+        "--no-progress",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stderr(&run), "", "a successful fit prints only its report");
+    assert!(
+        stdout(&run).starts_with("wrote ") && stdout(&run).contains("40 items of shape [1, 3, 3]"),
+        "{}",
+        stdout(&run)
+    );
+    let fitted = Model::load(&model).unwrap();
+    assert_eq!(
+        (fitted.dim(), fitted.meta().item_shape.clone()),
+        (9, vec![1, 3, 3])
+    );
+    assert_eq!(fitted.meta().value_space, "[-1,1]");
+    assert!(fitted.mean().iter().all(|v| (-1.0..=1.0).contains(v)));
+
+    // A rank the data cannot have: the error is the only line, nothing is written.
+    let bad = dir.join("bad.safetensors");
+    assert_fails(
+        &[
+            "fit",
+            path_str(&csv),
+            "-o",
+            path_str(&bad),
+            "--rank",
+            "100",
+            "--no-progress",
+        ],
+        Some(&bad),
+        "rank",
+    );
+    let run = gaussskip(&["fit", path_str(&csv), "-o", path_str(&bad), "--rank", "100"]);
+    assert_eq!(stdout(&run), "");
+
+    // The bundled digits, as `demo --data` reads them.
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist_5k.csv.gz");
+    let run = gaussskip(&[
+        "fit",
+        path_str(&bundled),
+        "-o",
+        path_str(&model),
+        "--rank",
+        "32",
+        "--no-progress",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stdout(&run).contains("5000 items of shape [1, 28, 28]"),
+        "{}",
+        stdout(&run)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

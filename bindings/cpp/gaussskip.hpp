@@ -101,6 +101,14 @@ public:
         return Model(m);
     }
 
+    /// As above with the variances in double precision, kept exactly.
+    static Model from_parts(std::size_t dim, std::size_t rank, const float *mean,
+                            const double *eigvals, const float *eigvecs, double residual_var) {
+        gs_model *m = nullptr;
+        check(gs_model_from_parts_f64(dim, rank, mean, eigvals, eigvecs, residual_var, &m));
+        return Model(m);
+    }
+
     Model(const Model &) = delete;
     Model &operator=(const Model &) = delete;
     Model(Model &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use safetensors::tensor::{Dtype as StDtype, Metadata};
+use safetensors::tensor::Dtype as StDtype;
 
 use super::Moments;
 use crate::error::{Error, Result};
@@ -156,13 +156,28 @@ pub fn rows_from_path(path: &Path, opts: &InputOptions) -> Result<Rows> {
 }
 
 /// Receives scaled row-major chunks and the item length.
-type Sink<'a> = dyn FnMut(&[f64], usize) -> Result<()> + 'a;
+type Sink<'a> = dyn FnMut(&[f64], usize) -> Result<()> + Send + 'a;
 
 /// Reads any supported input front to back into `sink`; returns (item shape, value space).
 fn stream(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<usize>, String)> {
+    crate::pool::install(|| stream_in_pool(path, opts, sink))
+}
+
+fn stream_in_pool(
+    path: &Path,
+    opts: &InputOptions,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return from_images(path, opts, sink);
+    }
+    if is_csv(path) {
+        let scale = opts.scale.unwrap_or(Scale::PIXELS);
+        let dim = read_csv(path, scale, opts.progress, &mut |rows, dim, _labels| {
+            sink(rows, dim)
+        })?;
+        return Ok((csv_item_shape(dim), scale.value_space()));
     }
     let ext = extension(path);
     match ext.as_str() {
@@ -175,7 +190,7 @@ fn stream(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<
         _ => Err(Error::arg(
             "input",
             format!(
-                "{}: expected a folder of images, .npy, .npz or .safetensors",
+                "{}: expected a folder of images, .csv (.gz), .npy, .npz or .safetensors",
                 path.display()
             ),
         )),
@@ -208,15 +223,23 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
 fn split_shape(path: &Path, shape: &[usize]) -> Result<(usize, Vec<usize>, usize)> {
     if shape.len() < 2 {
         return Err(Error::Dataset(format!(
-            "{}: array of shape {shape:?} has no item axis; expected items x values (2 or more dims)",
-            path.display()
+            "{}: array of shape {} has no item axis; expected items x values (2 or more dims)",
+            path.display(),
+            crate::npy::show_shape(shape)
         )));
     }
-    let dim: usize = shape[1..].iter().product();
+    let dim = crate::npy::element_count(&shape[1..]).ok_or_else(|| {
+        Error::Dataset(format!(
+            "{}: array of shape {} has items too large to count",
+            path.display(),
+            crate::npy::show_shape(shape)
+        ))
+    })?;
     if shape[0] == 0 || dim == 0 {
         return Err(Error::Dataset(format!(
-            "{}: array of shape {shape:?} holds no items",
-            path.display()
+            "{}: array of shape {} holds no items",
+            path.display(),
+            crate::npy::show_shape(shape)
         )));
     }
     Ok((shape[0], shape[1..].to_vec(), dim))
@@ -326,23 +349,10 @@ fn from_safetensors(
     opts: &InputOptions,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
-    let bad = |why: String| Error::format(path, why);
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut n8 = [0u8; 8];
-    file.read_exact(&mut n8)
-        .map_err(|_| bad("too short for a safetensors header".into()))?;
-    let n = u64::from_le_bytes(n8);
-    if n > 100_000_000 || 8 + n > file_len {
-        return Err(bad(format!(
-            "header length {n} does not fit the file ({file_len} bytes)"
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| bad(format!("cannot read the header: {e}")))?;
-    let meta: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("the safetensors header is not valid: {e}")))?;
+    let header = crate::safetensors_header::read(&mut file, file_len, path)?;
+    let meta = &header.meta;
     let mut names: Vec<String> = meta.tensors().keys().cloned().collect();
     names.sort();
     let name = pick(path, &names, opts.key.as_deref(), str::to_string)?;
@@ -369,20 +379,9 @@ fn from_safetensors(
             )))
         }
     };
-    let count = info
-        .shape
-        .iter()
-        .try_fold(1usize, |a, &s| a.checked_mul(s))
-        .ok_or_else(|| bad(format!("tensor `{name}` shape {:?} overflows", info.shape)))?;
+    // The header reader checked that the offsets tile the data and match every shape.
     let (start, end) = info.data_offsets;
-    let data_len = file_len - 8 - n;
-    if end < start || end as u64 > data_len || end - start != count * (dtype.bitsize() / 8) {
-        return Err(bad(format!(
-            "tensor `{name}`: offsets {start}..{end} do not match shape {:?} of {dtype:?} in {data_len} data bytes",
-            info.shape
-        )));
-    }
-    file.seek(SeekFrom::Start(8 + n + start as u64))
+    file.seek(SeekFrom::Start(header.data_start + start as u64))
         .map_err(|e| Error::io(path, e))?;
     let label = PathBuf::from(format!("{}:{name}", path.display()));
     let source = NpyReader::raw(
@@ -392,6 +391,131 @@ fn from_safetensors(
         npy_dtype,
     );
     from_array(&label, opts, source, sink)
+}
+
+/// True for a CSV dataset: a file named `.csv`, `.csv.gz` or `.gz` (see [`read_csv`]).
+pub fn is_csv(path: &Path) -> bool {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    name.ends_with(".csv") || name.ends_with(".gz")
+}
+
+/// The item shape of a CSV dataset of `dim` values: (1, s, s) for d = s² (grey), (3, s, s)
+/// for d = 3 s² (RGB, channel-major), otherwise `[dim]`.
+pub fn csv_item_shape(dim: usize) -> Vec<usize> {
+    for c in [1, 3] {
+        if dim % c == 0 {
+            let s = ((dim / c) as f64).sqrt().round() as usize;
+            if s * s * c == dim {
+                return vec![c, s, s];
+            }
+        }
+    }
+    vec![dim]
+}
+
+/// Receives CSV rows (scaled, row-major), the item length and one label per row.
+pub type CsvSink<'a> = dyn FnMut(&[f64], usize, &[i64]) -> Result<()> + Send + 'a;
+
+/// Streams a CSV dataset in the layout of the bundled MNIST file into `sink`, a few thousand
+/// rows at a time: one item per line, its values 0–255 (integers or decimals, mapped by
+/// `scale`), then an integer label; gzip-compressed when the file starts with the gzip magic
+/// bytes. Returns the number of values per item.
+///
+/// # Errors
+/// `Io` when the file cannot be read; `FileFormat` naming the line for a field that is not a
+/// number, a value outside [0, 255], a line with another number of fields than the first,
+/// or a corrupt gzip stream; `Dataset` for a file without items; the sink's errors.
+pub fn read_csv(
+    path: &Path,
+    scale: Scale,
+    progress: bool,
+    sink: &mut CsvSink<'_>,
+) -> Result<usize> {
+    use std::io::BufRead;
+    const ROWS_PER_CHUNK: usize = 1024;
+    let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let gz = file.read(&mut magic).map_err(|e| Error::io(path, e))? == 2 && magic == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let reader: Box<dyn BufRead> = if gz {
+        Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let pb = if progress {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(
+            ProgressStyle::with_template("reading {pos} items ({per_sec})")
+                .expect("valid template"),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let bad = |line: usize, what: String| Error::format(path, format!("line {line}: {what}"));
+    let (mut rows, mut labels) = (Vec::new(), Vec::new());
+    let (mut fields, mut items) = (0, 0usize);
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| bad(n, e.to_string()))?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields == 0 {
+            if parts.len() < 2 {
+                return Err(bad(
+                    n,
+                    format!("need the values and a label, got {} field(s)", parts.len()),
+                ));
+            }
+            fields = parts.len();
+        } else if parts.len() != fields {
+            return Err(bad(
+                n,
+                format!("{} fields, but the first line has {fields}", parts.len()),
+            ));
+        }
+        let (label, values) = parts.split_last().expect("at least two fields");
+        for (j, v) in values.iter().enumerate() {
+            let field =
+                |what: String| Error::format(path, format!("line {n}, field {}: {what}", j + 1));
+            let value: f64 = v
+                .parse()
+                .map_err(|_| field(format!("{:?} is not a number", cut(v))))?;
+            if !(0.0..=255.0).contains(&value) {
+                return Err(field(format!("{value} is outside [0, 255]")));
+            }
+            rows.push(scale.apply(value));
+        }
+        labels.push(
+            label
+                .parse()
+                .map_err(|_| bad(n, format!("label {:?} is not an integer", cut(label))))?,
+        );
+        items += 1;
+        if labels.len() == ROWS_PER_CHUNK {
+            sink(&rows, fields - 1, &labels)?;
+            rows.clear();
+            labels.clear();
+            pb.set_position(items as u64);
+        }
+    }
+    if items == 0 {
+        return Err(Error::Dataset(format!("{} holds no items", path.display())));
+    }
+    if !labels.is_empty() {
+        sink(&rows, fields - 1, &labels)?;
+    }
+    pb.finish_and_clear();
+    Ok(fields - 1)
+}
+
+/// A field for an error message, cut to 40 characters.
+fn cut(field: &str) -> String {
+    field.chars().take(40).collect()
 }
 
 /// One decoded image: its shape (channels, height, width) and channel-major values 0–255.

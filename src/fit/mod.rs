@@ -19,10 +19,13 @@
 
 mod input;
 
-pub use input::{moments_from_path, rows_from_path, InputOptions, Loaded, Rows, Scale};
+pub use input::{
+    csv_item_shape, is_csv, moments_from_path, read_csv, rows_from_path, CsvSink, InputOptions,
+    Loaded, Rows, Scale,
+};
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Side};
+use faer::{Accum, Mat, MatRef};
 
 use crate::error::{check_finite, Error, Result};
 use crate::model::{Model, ModelMeta};
@@ -42,13 +45,35 @@ pub struct Moments {
 
 impl Moments {
     /// Empty moments of `dim`-vectors (`dim >= 1`). Memory: `dim²` f64.
+    ///
+    /// # Panics
+    /// When the memory cannot be allocated; [`Moments::try_new`] returns an error instead.
     pub fn new(dim: usize) -> Moments {
-        Moments {
+        Moments::try_new(dim).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Empty moments of `dim`-vectors, or an error when they do not fit in memory.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for `dim == 0` or a `dim x dim` f64 matrix larger than the address
+    /// space; `OutOfMemory` when it cannot be allocated.
+    pub fn try_new(dim: usize) -> Result<Moments> {
+        if dim == 0 {
+            return Err(Error::arg("dim", "must be at least 1"));
+        }
+        let bytes = dim.checked_mul(dim).and_then(|n| n.checked_mul(8));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::arg(
+                "dim",
+                format!("{dim}² doubles exceed the address space"),
+            ));
+        }
+        Ok(Moments {
             dim,
             count: 0,
-            mean: vec![0.0; dim],
-            scatter: Mat::zeros(dim, dim),
-        }
+            mean: crate::error::try_vec(dim, 0.0, "the mean")?,
+            scatter: square_from_fn(dim, "the scatter matrix", |_, _| 0.0)?,
+        })
     }
 
     /// Length of one item.
@@ -78,10 +103,12 @@ impl Moments {
     /// (nothing is added then).
     pub fn add_rows(&mut self, rows: &[f32]) -> Result<()> {
         self.check_rows(rows)?;
-        for chunk in rows.chunks(BATCH_ROWS * self.dim) {
-            let batch: Vec<f64> = chunk.iter().map(|&v| f64::from(v)).collect();
-            self.add_batch(batch);
-        }
+        crate::pool::install(|| {
+            for chunk in rows.chunks(BATCH_ROWS * self.dim) {
+                let batch: Vec<f64> = chunk.iter().map(|&v| f64::from(v)).collect();
+                self.add_batch(batch);
+            }
+        });
         Ok(())
     }
 
@@ -91,9 +118,11 @@ impl Moments {
     /// As [`Moments::add_rows`].
     pub fn add_rows_f64(&mut self, rows: &[f64]) -> Result<()> {
         self.check_rows(rows)?;
-        for chunk in rows.chunks(BATCH_ROWS * self.dim) {
-            self.add_batch(chunk.to_vec());
-        }
+        crate::pool::install(|| {
+            for chunk in rows.chunks(BATCH_ROWS * self.dim) {
+                self.add_batch(chunk.to_vec());
+            }
+        });
         Ok(())
     }
 
@@ -106,14 +135,15 @@ impl Moments {
             return Err(Error::shape("moments", self.dim, other.dim));
         }
         self.scatter += &other.scatter;
-        self.combine_means(other.count, &other.mean);
+        crate::pool::install(|| self.combine_means(other.count, &other.mean));
         Ok(())
     }
 
     /// Unbiased covariance, scatter / (count − 1).
     ///
     /// # Errors
-    /// `Dataset` with fewer than two items.
+    /// `Dataset` with fewer than two items; `OutOfMemory` when the matrix cannot be
+    /// allocated.
     pub fn covariance(&self) -> Result<Mat<f64>> {
         if self.count < 2 {
             return Err(Error::Dataset(format!(
@@ -122,9 +152,9 @@ impl Moments {
             )));
         }
         let inv = 1.0 / (self.count - 1) as f64;
-        Ok(Mat::from_fn(self.dim, self.dim, |i, j| {
+        square_from_fn(self.dim, "the covariance", |i, j| {
             self.scatter[(i, j)] * inv
-        }))
+        })
     }
 
     fn check_rows<T: Copy + Into<f64>>(&self, rows: &[T]) -> Result<()> {
@@ -200,6 +230,48 @@ impl Moments {
     }
 }
 
+/// Eigenvalues (ascending) and eigenvectors (columns) of the symmetric `cov` (its lower
+/// half is read), with every buffer allocated fallibly.
+fn eigen(cov: &Mat<f64>) -> Result<(faer::Col<f64>, Mat<f64>)> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd;
+    let d = cov.nrows();
+    let par = faer::get_global_parallelism();
+    let oom = |what: &str| {
+        Error::OutOfMemory(format!(
+            "the eigendecomposition of a {d} x {d} covariance: {what}"
+        ))
+    };
+    let scratch = evd::self_adjoint_evd_scratch::<f64>(
+        d,
+        evd::ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    );
+    let mut mem = MemBuffer::try_new(scratch).map_err(|_| oom("workspace"))?;
+    let mut u = square_from_fn(d, "the eigenvectors", |_, _| 0.0)?;
+    let mut s = faer::diag::Diag::<f64>::zeros(d);
+    evd::self_adjoint_evd(
+        cov.as_ref(),
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(|e| Error::Dataset(format!("the eigensolver did not converge: {e:?}")))?;
+    Ok((s.column_vector().to_owned(), u))
+}
+
+/// A `dim x dim` matrix of `f(i, j)`, or `OutOfMemory` naming `what`.
+fn square_from_fn(dim: usize, what: &str, f: impl FnMut(usize, usize) -> f64) -> Result<Mat<f64>> {
+    let mut m = Mat::new();
+    m.try_reserve(dim, dim)
+        .map_err(|_| Error::OutOfMemory(format!("{what}: {dim} x {dim} doubles")))?;
+    m.resize_with(dim, dim, f);
+    Ok(m)
+}
+
 /// How many eigenvectors the model keeps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rank {
@@ -272,6 +344,10 @@ pub fn fit_model(moments: &Moments, opts: &FitOptions) -> Result<Model> {
 /// # Errors
 /// As [`fit_model`].
 pub fn fit_model_with_spectrum(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)> {
+    crate::pool::install(|| fit_in_pool(moments, opts))
+}
+
+fn fit_in_pool(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)> {
     let d = moments.dim();
     match opts.rank {
         Rank::Fixed(r) if r == 0 || r > d => {
@@ -286,11 +362,8 @@ pub fn fit_model_with_spectrum(moments: &Moments, opts: &FitOptions) -> Result<(
         _ => {}
     }
     let cov = moments.covariance()?;
-    let eig = cov
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::Dataset(format!("the eigensolver did not converge: {e:?}")))?;
-    let s = eig.S().column_vector();
-    let u = eig.U();
+    let (s, u) = eigen(&cov)?;
+    let (s, u) = (s.as_ref(), u.as_ref());
     // faer sorts ascending; walk from the end for the largest first.
     let order: Vec<usize> = (0..d).rev().collect();
     let eigvals: Vec<f64> = order.iter().map(|&k| s[k].max(0.0)).collect();

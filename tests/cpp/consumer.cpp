@@ -276,6 +276,22 @@ void check_errors(const Fixture &fx, const gs::Context &ctx, const gs::Model &mo
                  [&] { gs::Model::from_parts(2, 2, mean, vals, skewed, 0.0f); });
     expect_throw("from_parts rank > dim", GS_ERR_INVALID_ARGUMENT,
                  [&] { gs::Model::from_parts(1, 2, mean, vals, skewed, 0.0f); });
+    {
+        // Double-precision variances: kept exactly, even where float would round or overflow.
+        const double vals64[2] = {0.1, 1e-50};
+        const float eye[4] = {1.0f, 0.0f, 0.0f, 1.0f};
+        gs::Model m64 = gs::Model::from_parts(2, 2, mean, vals64, eye, 1e39);
+        double got[2] = {0.0, 0.0}, resid = 0.0;
+        check(gs_model_get_parts(m64.get(), nullptr, got, nullptr, &resid) == GS_OK,
+              "get_parts of the double-precision model");
+        check(got[0] == 0.1 && got[1] == 1e-50 && resid == 1e39,
+              "from_parts with double variances did not keep them exactly");
+        const double rising[2] = {1e-50, 0.1};
+        expect_throw("from_parts f64 increasing eigvals", GS_ERR_INVALID_MODEL,
+                     [&] { gs::Model::from_parts(2, 2, mean, rising, eye, 0.0); });
+    }
+    expect_throw("CPU ordinal 3", GS_ERR_INVALID_ARGUMENT,
+                 [&] { gs::Context c(gs::Device::Cpu, 3); });
     expect_throw("unknown device", GS_ERR_INVALID_ARGUMENT,
                  [&] { gs::Context c(static_cast<gs::Device>(9)); });
     if (cuda == "absent") {

@@ -152,7 +152,7 @@ pub(crate) fn condition(
                     arg: "levels",
                     alpha: n.alpha,
                     sigma: n.sigma,
-                    reason: "a CUDA context computes gains in f32 and takes alpha, sigma and alpha*sqrt(eigval) of 0 or between 1e-18 and 1e18; use the CPU for this level",
+                    reason: "a CUDA context computes gains in f32 and takes alpha, sigma and alpha*sqrt(eigval) of 0 or between 1e-18 and 1e18; use the CPU for this level".into(),
                 });
             }
         }
@@ -183,8 +183,8 @@ pub(crate) fn condition(
             alpha: t.alpha,
             sigma: t.sigma,
             reason: match storage {
-                EigvecStorage::F16 => "this jump towards more noise amplifies the rounding of f16 eigenvectors beyond the 2e-3 contract (amplification max|w_k|/|g_k| > 1, see the README's CUDA precision bound); use a CUDA context with f32 eigenvector storage, or the CPU",
-                EigvecStorage::F32 => "this jump towards more noise amplifies f32 rounding beyond the 1e-5 contract (amplification max|w_k|/|g_k| > 32, see the README's CUDA precision bound); use the CPU",
+                EigvecStorage::F16 => format!("this jump towards more noise amplifies the rounding of f16 eigenvectors by {kappa:.3} (max|w_k|/|g_k|, above 1 it breaks the 2e-3 contract; see the README's CUDA precision bound); use a CUDA context with f32 eigenvector storage, or the CPU"),
+                EigvecStorage::F32 => format!("this jump towards more noise amplifies f32 rounding by {kappa:.3} (max|w_k|/|g_k|, above 32 it breaks the 1e-5 contract; see the README's CUDA precision bound); use the CPU"),
             },
         });
     }

@@ -6,14 +6,17 @@ use std::time::Instant;
 use gaussskip::fit::{
     fit_model_with_spectrum, moments_from_path, FitOptions, InputOptions, Rank, Residual, Scale,
 };
-use gaussskip::{Error, ModelMeta, Result};
+use gaussskip::{npy, Error, ModelMeta, Result};
+
+use crate::num;
 use indicatif::ProgressBar;
 
 /// Arguments of `gaussskip fit`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A folder of PNG/JPEG images (same shape, grey or RGB), a .npy or .npz array
-    /// (items first), or a .safetensors file.
+    /// (items first), a .safetensors file, or a CSV like the bundled MNIST file (.csv or
+    /// .csv.gz: pixel values 0-255 then a label per line; the label is not used yet).
     input: PathBuf,
     /// Where to write the model (safetensors; written atomically).
     #[arg(short, long, default_value = "model.safetensors")]
@@ -28,8 +31,8 @@ pub struct Args {
     /// eigenvalues (keeps the total variance).
     #[arg(long, value_enum, default_value_t = ResidualArg::Zero)]
     residual: ResidualArg,
-    /// Value map FROM_LO,FROM_HI:TO_LO,TO_HI applied to every value (images default to
-    /// 0,255:-1,1; arrays default to values as stored).
+    /// Value map FROM_LO,FROM_HI:TO_LO,TO_HI applied to every value (images and CSV default
+    /// to 0,255:-1,1; arrays default to values as stored).
     #[arg(long, allow_hyphen_values = true)]
     scale: Option<String>,
     /// Name of the array (.npz) or tensor (.safetensors) when the file holds several.
@@ -78,12 +81,6 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let read_s = start.elapsed().as_secs_f64();
     let m = &loaded.moments;
-    eprintln!(
-        "read {} items of shape {:?} ({} values) in {read_s:.1} s",
-        m.count(),
-        loaded.item_shape,
-        m.dim()
-    );
 
     let spinner = if progress {
         let pb = ProgressBar::new_spinner();
@@ -115,17 +112,21 @@ pub fn run(args: Args) -> Result<()> {
     model.save(&args.output)?;
     let top = spectrum.eigvals.first().copied().unwrap_or(0.0);
     let nonzero = spectrum.eigvals.iter().filter(|&&l| l > 0.0).count();
+    // One report, after the model is written: an error leaves only its own line.
     println!(
-        "wrote {}: dim {}, rank {} of {} ({} nonzero), {:.2}% of the variance, largest eigenvalue {:.4}, residual variance {:.4e}, value space {} ({:.1} s eigendecomposition)",
+        "wrote {}: {} items of shape {}, dim {}, rank {} of {} ({} nonzero), {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {} ({:.1} s reading, {:.1} s eigendecomposition)",
         args.output.display(),
+        m.count(),
+        npy::show_shape(&loaded.item_shape),
         model.dim(),
         model.rank(),
         model.dim(),
         nonzero,
         100.0 * spectrum.explained,
-        top,
-        spectrum.residual_var,
+        num(top),
+        num(spectrum.residual_var),
         loaded.value_space,
+        read_s,
         eig_start.elapsed().as_secs_f64()
     );
     Ok(())

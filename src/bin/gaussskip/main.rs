@@ -3,7 +3,10 @@
 mod demo;
 mod fit;
 mod info;
+mod num;
 mod skip;
+
+use num::num;
 
 use clap::{Parser, Subcommand};
 
@@ -31,7 +34,18 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            e.exit();
+        }
+        // One line and status 1, like every other error; `--help` has the usage.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("gaussskip: error: {first} (see gaussskip --help)");
+        std::process::exit(1);
+    });
     let command =
         cli.command
             .unwrap_or_else(|| match Cli::parse_from(["gaussskip", "demo"]).command {

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use gaussskip::{npy, Context, Device, Error, Model, Noise, Result};
 
+use crate::num;
+
 /// Arguments of `gaussskip skip`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -59,7 +61,7 @@ impl Schedule {
             if range_ok {
                 Ok(())
             } else {
-                Err(Error::arg(arg, format!("{what}, got {value}")))
+                Err(Error::arg(arg, format!("{what}, got {}", num(value))))
             }
         };
         match self {
@@ -107,15 +109,16 @@ pub fn run(args: Args) -> Result<()> {
         Error::shape(
             "input",
             format!("{expected} for {}", args.model.display()),
-            format!("{shape:?} in {}", args.input.display()),
+            format!("{} in {}", npy::show_shape(&shape), args.input.display()),
         )
     })?;
     if batch == 0 {
         return Err(Error::arg(
             "input",
             format!(
-                "{} holds no samples (shape {shape:?})",
-                args.input.display()
+                "{} holds no samples (shape {})",
+                args.input.display(),
+                npy::show_shape(&shape)
             ),
         ));
     }
@@ -144,22 +147,12 @@ pub fn run(args: Args) -> Result<()> {
     ctx.skip(&model, &x, &mut out, from, to)?;
     let seconds = start.elapsed().as_secs_f64();
     npy::write_f32(&args.output, &shape, &out)?;
+    let (a, b) = (num(args.from), num(args.to));
+    let (ea, eb) = (num(from.edm_sigma()), num(to.edm_sigma()));
     let levels = match args.schedule {
-        Schedule::Edm => format!("sigma {} to {} (EDM)", args.from, args.to),
-        Schedule::Vp => format!(
-            "alpha_bar {} to {} (VP; EDM sigma {:.4} to {:.4})",
-            args.from,
-            args.to,
-            from.edm_sigma(),
-            to.edm_sigma()
-        ),
-        Schedule::Flow => format!(
-            "t {} to {} (flow; EDM sigma {:.4} to {:.4})",
-            args.from,
-            args.to,
-            from.edm_sigma(),
-            to.edm_sigma()
-        ),
+        Schedule::Edm => format!("sigma {a} to {b} (EDM)"),
+        Schedule::Vp => format!("alpha_bar {a} to {b} (VP; EDM sigma {ea} to {eb})"),
+        Schedule::Flow => format!("t {a} to {b} (flow; EDM sigma {ea} to {eb})"),
     };
     println!(
         "wrote {}: {batch} samples of dim {dim} from {levels} on {place} in {:.1} ms",
@@ -180,7 +173,7 @@ fn batch_of(shape: &[usize], model: &Model) -> std::result::Result<usize, String
         [batch, rest @ ..] if !rest.is_empty() => {
             let fits = rest == [dim]
                 || rest == item.as_slice()
-                || (item.is_empty() && rest.iter().product::<usize>() == dim);
+                || (item.is_empty() && npy::element_count(rest) == Some(dim));
             if fits {
                 return Ok(*batch);
             }

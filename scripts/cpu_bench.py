@@ -1,0 +1,85 @@
+"""The CPU path against the same formula in NumPy, f32, in one run: the ours/NumPy table.
+
+    cargo build --release
+    pip install numpy ./bindings/python
+    GAUSSSKIP_LIB=$PWD/target/release/libgaussskip.so python scripts/cpu_bench.py [--repeat N]
+
+For each shape (dim d, rank r, batch B) it times the EDM skip 80 -> 19.4 through the Python
+package (`model.skip(x, 80, 19.4, out=out)`, one C call) and
+`mu + b*y + ((y @ U^T) * w) @ U` in NumPy (OpenBLAS), alternating them, and prints the best
+time of each, their ratio (below 1: ours is faster), our GB/s over the eigenvectors it must
+read twice, and our relative error against float64. Threads: the library uses one per core
+(RAYON_NUM_THREADS), NumPy its BLAS default (OPENBLAS_NUM_THREADS); leave both unset to
+compare the defaults. Run it on an otherwise idle machine.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import gaussskip as gs
+
+SHAPES = [(784, 784), (3072, 3072), (3072, 768), (12288, 1024)]
+BATCHES = (1, 16, 64, 256)
+SIGMA_FROM, SIGMA_TO = 80.0, 19.4
+
+
+def random_model(rng, d, r):
+    u = np.linalg.qr(rng.standard_normal((d, r)))[0].T.astype(np.float32)
+    lam = np.sort(rng.random(r) * 10.0)[::-1].astype(np.float64)
+    mu = (rng.standard_normal(d) * 0.1).astype(np.float32)
+    return mu, lam, u
+
+
+def numpy_skip(x, mu, u, ut, lam, s0, s1):
+    """SPEC §4 skip with residual variance 0, in the dtype of x."""
+    y = x - mu
+    g = np.sqrt((lam + s1 * s1) / (lam + s0 * s0)).astype(x.dtype)
+    b = x.dtype.type(s1 / s0)
+    p = y @ ut
+    p *= g - b
+    return mu + b * y + p @ u
+
+
+def best_of(f, calls, rounds):
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            f()
+        best = min(best, (time.perf_counter() - t) / calls)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5, help="timing rounds per side (best counts)")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"{'d':>6} {'r':>6} {'B':>4}  {'ours_ms':>8} {'numpy_ms':>9} {'ours/numpy':>10} "
+          f"{'ours_GB/s':>9}  relerr")
+    for d, r in SHAPES:
+        mu, lam, u = random_model(rng, d, r)
+        ut = np.ascontiguousarray(u.T)
+        model = gs.Model.from_arrays(mu, lam, u, 0.0)
+        for batch in BATCHES:
+            x = (rng.standard_normal((batch, d)) * SIGMA_FROM).astype(np.float32)
+            out = np.empty_like(x)
+            ours = lambda: model.skip(x, SIGMA_FROM, SIGMA_TO, out=out)  # noqa: E731
+            theirs = lambda: numpy_skip(x, mu, u, ut, lam, SIGMA_FROM, SIGMA_TO)  # noqa: E731
+            ours(), theirs()
+            calls = max(1, min(50, int(2e8 / (batch * d * r + 1))))
+            t_ours, t_np = float("inf"), float("inf")
+            for _ in range(args.repeat):  # alternate, so both see the same machine
+                t_ours = min(t_ours, best_of(ours, calls, 1))
+                t_np = min(t_np, best_of(theirs, calls, 1))
+            ref = numpy_skip(x.astype(np.float64), mu.astype(np.float64), u.astype(np.float64),
+                             ut.astype(np.float64), lam, SIGMA_FROM, SIGMA_TO)
+            err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+            gbs = 2 * u.nbytes / t_ours / 1e9
+            print(f"{d:6d} {r:6d} {batch:4d}  {t_ours * 1e3:8.3f} {t_np * 1e3:9.3f} "
+                  f"{t_ours / t_np:10.2f} {gbs:9.1f}  {err:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
