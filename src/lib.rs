@@ -44,5 +44,5 @@ pub mod sampler;
 pub use context::{Context, Device, EigvecStorage};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};
-pub use model::{Model, ModelMeta};
+pub use model::{FitInfo, FitMethod, Model, ModelMeta};
 pub use noise::{Levels, Noise, Op};
