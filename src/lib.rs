@@ -32,6 +32,7 @@ pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+pub mod ffi_fit;
 pub mod fit;
 pub mod ideal;
 pub mod model;
