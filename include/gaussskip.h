@@ -56,6 +56,17 @@
 #define GS_RESIDUAL_MEAN 1
 
 /*
+ `gs_fit_choose_method`: the exact eigendecomposition of the dim x dim covariance
+ (`gs_moments_*`).
+ */
+#define GS_FIT_EXACT 0
+
+/*
+ `gs_fit_choose_method`: the low-rank sketch (`gs_sketch_*`).
+ */
+#define GS_FIT_SKETCH 1
+
+/*
  Status of a call. Numbers are stable and never reused.
  */
 enum gs_status
@@ -543,6 +554,17 @@ gs_status gs_fit(const gs_moments *moments,
                  double explained,
                  uint32_t residual,
                  gs_model **out);
+
+/*
+ Which fit suits `dim`-vectors on this machine (the rule of `gaussskip fit`): with `rank` 0
+ (all modes) the exact fit, or GS_ERR_OUT_OF_MEMORY when its dim x dim matrices would not
+ fit in the memory available now; with a rank, the exact fit when it fits, else the sketch.
+ Writes GS_FIT_EXACT or GS_FIT_SKETCH to `*method`.
+
+ # Safety
+ `method` points to writable storage.
+ */
+gs_status gs_fit_choose_method(size_t dim, size_t rank, uint32_t *method);
 
 /*
  Adds `rows` items of doubles (`rows x dim`, row-major). Nothing is added on error.

@@ -19,9 +19,16 @@ use crate::ffi::{
     GS_RESIDUAL_MEAN, GS_RESIDUAL_ZERO,
 };
 use crate::fit::{
-    fit_model, FitOptions, Moments, Rank, Residual, Sketch, SketchOptions, DEFAULT_PASSES,
+    choose_method, fit_model, FitOptions, Moments, Rank, Residual, Sketch, SketchOptions,
+    DEFAULT_PASSES,
 };
-use crate::model::ModelMeta;
+use crate::model::{FitMethod, ModelMeta};
+
+/// `gs_fit_choose_method`: the exact eigendecomposition of the dim x dim covariance
+/// (`gs_moments_*`).
+pub const GS_FIT_EXACT: u32 = 0;
+/// `gs_fit_choose_method`: the low-rank sketch (`gs_sketch_*`).
+pub const GS_FIT_SKETCH: u32 = 1;
 
 /// Descriptive metadata recorded in a fitted model. Every pointer may be NULL (unknown).
 #[repr(C)]
@@ -160,6 +167,40 @@ fn rows_of<'a, T>(x: *const T, rows: usize, dim: usize) -> Result<&'a [T], Error
         .checked_mul(dim)
         .ok_or_else(|| Error::arg("rows", "rows x dim overflows"))?;
     slice(x, n, "x")
+}
+
+/// Which fit suits `dim`-vectors on this machine (the rule of `gaussskip fit`): with `rank` 0
+/// (all modes) the exact fit, or GS_ERR_OUT_OF_MEMORY when its dim x dim matrices would not
+/// fit in the memory available now; with a rank, the exact fit when it fits, else the sketch.
+/// Writes GS_FIT_EXACT or GS_FIT_SKETCH to `*method`.
+///
+/// # Safety
+/// `method` points to writable storage.
+#[no_mangle]
+pub unsafe extern "C" fn gs_fit_choose_method(
+    dim: usize,
+    rank: usize,
+    method: *mut u32,
+) -> gs_status {
+    guard(|| {
+        if method.is_null() {
+            return Err(Error::NullPointer { arg: "method" });
+        }
+        if dim == 0 {
+            return Err(Error::arg("dim", "must be at least 1"));
+        }
+        let rank = if rank == 0 {
+            Rank::Full
+        } else {
+            Rank::Fixed(rank)
+        };
+        let (chosen, _) = choose_method(dim, None, rank, None)?;
+        *method = match chosen {
+            FitMethod::Exact => GS_FIT_EXACT,
+            FitMethod::Sketch => GS_FIT_SKETCH,
+        };
+        Ok(())
+    })
 }
 
 /// Adds `rows` items of doubles (`rows x dim`, row-major). Nothing is added on error.

@@ -26,7 +26,7 @@ mod sketch_cuda;
 mod state;
 
 pub use input::{moments_from_path, rows_from_path, InputOptions, Loaded, Rows, Scale};
-pub use path::{exact_fit_bytes, fit_path, PathFit, PathFitOptions};
+pub use path::{choose_method, exact_fit_bytes, fit_path, PathFit, PathFitOptions};
 pub use sketch::{Sketch, SketchOptions, DEFAULT_PASSES, MIN_OVERSAMPLING};
 
 use faer::linalg::matmul::matmul;

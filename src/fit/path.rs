@@ -120,13 +120,10 @@ fn spinner(show: bool, message: String) -> ProgressBar {
 /// dim x dim matrices would not fit in the budget; `Dataset` when a later pass reads
 /// different data; those of [`fit_model_with_spectrum`] and [`Sketch::fit`].
 pub fn fit_path(path: &Path, opts: &PathFitOptions) -> Result<PathFit> {
-    if opts.method == Some(FitMethod::Sketch) && !matches!(opts.rank, Rank::Fixed(_)) {
-        return Err(Error::arg(
-            "rank",
-            "the sketch needs a fixed rank (--rank N); --explained and full rank need the exact fit",
-        ));
+    if opts.method == Some(FitMethod::Sketch) {
+        // Refused before any reading.
+        choose_method(1, opts.method, opts.rank, Some(0))?;
     }
-    let budget = opts.memory_budget.unwrap_or_else(available_memory);
     let show = opts.input.progress;
     let mut acc: Option<Accumulator> = None;
     let mut reason = String::new();
@@ -136,7 +133,7 @@ pub fn fit_path(path: &Path, opts: &PathFitOptions) -> Result<PathFit> {
     };
     let (item_shape, value_space) = stream(path, &opts.input, &first_label, &mut |rows, dim| {
         if acc.is_none() {
-            let (made, why) = accumulator(dim, opts, budget)?;
+            let (made, why) = accumulator(dim, opts)?;
             acc = Some(made);
             reason = why;
         }
@@ -223,8 +220,21 @@ pub fn fit_path(path: &Path, opts: &PathFitOptions) -> Result<PathFit> {
     }
 }
 
-/// The accumulator for `dim`-vectors, and why it was chosen.
-fn accumulator(dim: usize, opts: &PathFitOptions, budget: u64) -> Result<(Accumulator, String)> {
+/// The method [`fit_path`] uses for `dim`-vectors, and why: `method` when given (the exact fit
+/// only if its matrices fit in `memory_budget`), otherwise the sketch when `rank` is fixed and
+/// the exact fit would not fit, else the exact fit. `memory_budget` `None`: the memory
+/// available now.
+///
+/// # Errors
+/// `OutOfMemory` when the exact fit is needed (asked for, or no fixed rank) but does not fit;
+/// `InvalidArgument` for the sketch without a fixed rank.
+pub fn choose_method(
+    dim: usize,
+    method: Option<FitMethod>,
+    rank: Rank,
+    memory_budget: Option<u64>,
+) -> Result<(FitMethod, String)> {
+    let budget = memory_budget.unwrap_or_else(available_memory);
     let need = exact_fit_bytes(dim);
     let fits = need <= budget;
     let memory = format!(
@@ -233,36 +243,39 @@ fn accumulator(dim: usize, opts: &PathFitOptions, budget: u64) -> Result<(Accumu
         if fits { "of" } else { "but only" },
         gib(budget),
     );
-    let sketch_rank = match (opts.method, opts.rank) {
-        (Some(FitMethod::Exact), _) | (None, Rank::Full | Rank::Explained(_)) => {
-            if !fits {
-                let hint = if opts.method.is_none() {
-                    "; give --rank N to fit a low-rank sketch instead"
-                } else {
-                    "; fit a low-rank sketch instead (--method sketch --rank N)"
-                };
-                return Err(Error::OutOfMemory(format!("{memory}{hint}")));
-            }
-            let why = if opts.method.is_some() {
-                "asked for".to_string()
+    match (method, rank) {
+        (Some(FitMethod::Sketch), Rank::Fixed(_)) => Ok((FitMethod::Sketch, "asked for".into())),
+        (Some(FitMethod::Sketch), _) => Err(Error::arg(
+            "rank",
+            "the sketch needs a fixed rank (--rank N); --explained and full rank need the exact fit",
+        )),
+        (Some(FitMethod::Exact), _) | (None, Rank::Full | Rank::Explained(_)) if !fits => {
+            let hint = if method.is_none() {
+                "; give --rank N to fit a low-rank sketch instead"
             } else {
-                memory
+                "; fit a low-rank sketch instead (--method sketch --rank N)"
             };
-            return Ok((Accumulator::Exact(Moments::new(dim)), why));
+            Err(Error::OutOfMemory(format!("{memory}{hint}")))
         }
-        (None, Rank::Fixed(r)) if fits => {
-            return Ok((
-                Accumulator::Exact(Moments::new(dim)),
-                format!("{memory} (rank {r})"),
-            ))
-        }
-        (_, Rank::Fixed(r)) => r,
-        (Some(FitMethod::Sketch), _) => unreachable!("checked before reading"),
+        (Some(FitMethod::Exact), _) => Ok((FitMethod::Exact, "asked for".into())),
+        (None, Rank::Fixed(_)) if !fits => Ok((FitMethod::Sketch, memory)),
+        (None, _) => Ok((FitMethod::Exact, memory)),
+    }
+}
+
+/// The accumulator for `dim`-vectors, and why it was chosen.
+fn accumulator(dim: usize, opts: &PathFitOptions) -> Result<(Accumulator, String)> {
+    let (method, why) = choose_method(dim, opts.method, opts.rank, opts.memory_budget)?;
+    if method == FitMethod::Exact {
+        return Ok((Accumulator::Exact(Moments::new(dim)), why));
+    }
+    let Rank::Fixed(rank) = opts.rank else {
+        unreachable!("choose_method picks the sketch only for a fixed rank")
     };
     let mut sketch = Sketch::new(
         dim,
         &SketchOptions {
-            rank: sketch_rank,
+            rank,
             oversampling: opts.oversampling,
             passes: opts.passes,
             seed: opts.seed,
@@ -271,10 +284,5 @@ fn accumulator(dim: usize, opts: &PathFitOptions, budget: u64) -> Result<(Accumu
     if let Some(ordinal) = opts.cuda_device {
         sketch.use_cuda(ordinal)?;
     }
-    let why = if opts.method.is_some() {
-        "asked for".to_string()
-    } else {
-        memory
-    };
     Ok((Accumulator::Sketch(Box::new(sketch)), why))
 }

@@ -6,8 +6,8 @@ Search order (the first existing file wins):
 3. cargo's output folders: ``$CARGO_TARGET_DIR/{release,debug}``, then ``target/release`` and
    ``target/debug`` in every folder above this file and above the current directory.
 
-The library is loaded on first use, so the pure-NumPy parts (``Moments``, noise helpers)
-work without it.
+The library is loaded on first use, so the pure-NumPy parts (noise helpers) work without
+it.
 """
 
 import ctypes
