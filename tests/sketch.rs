@@ -708,3 +708,194 @@ fn the_model_file_records_how_it_was_fitted() {
     assert!((fit.explained - 1.0).abs() < 1e-12);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A decaying-spectrum dataset of `n` items of shape [2, 5, 6] written as .npy.
+fn npy_dataset(dir: &Path, n: usize) -> (std::path::PathBuf, Vec<f32>) {
+    let d = 60;
+    let mut rng = Rng::new(21);
+    let rows: Vec<f32> = (0..n * d)
+        .map(|i| (1.0 + rng.normal() * ((i % d) as f64 + 1.0).powf(-0.8)) as f32)
+        .collect();
+    let path = dir.join("items.npy");
+    gaussskip::npy::write_f32(&path, &[n, 2, 5, 6], &rows).unwrap();
+    (path, rows)
+}
+
+#[test]
+fn fit_path_chooses_the_sketch_when_the_exact_fit_does_not_fit() {
+    use gaussskip::fit::{choose_method, fit_path, PathFitOptions};
+    let dir = std::env::temp_dir().join(format!("gaussskip-sketch-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, rows) = npy_dataset(&dir, 400);
+    let opts = PathFitOptions {
+        rank: Rank::Fixed(5),
+        residual: Residual::Mean,
+        passes: 3,
+        source: "test".into(),
+        // 60 x 60 doubles need about 115 kB: give less.
+        memory_budget: Some(100_000),
+        ..PathFitOptions::default()
+    };
+    let fitted = fit_path(&path, &opts).unwrap();
+    assert_eq!(fitted.method, FitMethod::Sketch);
+    assert!(fitted.reason.contains("but only"), "{}", fitted.reason);
+    let meta = fitted.model.meta();
+    assert_eq!(meta.item_shape, vec![2, 5, 6]);
+    assert_eq!((meta.sample_count, meta.source.as_str()), (400, "test"));
+    assert_eq!(meta.fit.as_ref().unwrap().passes, 3);
+    // The same as a sketch fed from memory.
+    let mem = run(
+        &rows,
+        60,
+        &SketchOptions {
+            passes: 3,
+            ..SketchOptions::new(5)
+        },
+        Residual::Mean,
+    );
+    assert_eq!(fitted.model.eigvals(), mem.eigvals());
+    // Enough memory: exact. No rank and too little: a clear error before any reading.
+    let exact = fit_path(
+        &path,
+        &PathFitOptions {
+            memory_budget: Some(1 << 30),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(exact.method, FitMethod::Exact);
+    let err = fit_path(
+        &path,
+        &PathFitOptions {
+            rank: Rank::Full,
+            ..opts.clone()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::OutOfMemory(m) if m.contains("--rank")),
+        "{err}"
+    );
+    let err = choose_method(
+        70_000,
+        Some(FitMethod::Exact),
+        Rank::Fixed(8),
+        Some(1 << 30),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--method sketch"), "{err}");
+    let err = choose_method(8, Some(FitMethod::Sketch), Rank::Explained(0.9), None).unwrap_err();
+    assert!(err.to_string().contains("fixed rank"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn gaussskip_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gaussskip"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_fit_with_the_sketch_and_info_shows_how() {
+    let dir = std::env::temp_dir().join(format!("gaussskip-sketch-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (path, _) = npy_dataset(&dir, 300);
+    let (input, out) = (path.to_str().unwrap(), dir.join("m.safetensors"));
+    let out_s = out.to_str().unwrap();
+    let run = gaussskip_cli(&[
+        "fit",
+        input,
+        "-o",
+        out_s,
+        "--rank",
+        "4",
+        "--method",
+        "sketch",
+        "--passes",
+        "2",
+        "--oversampling",
+        "6",
+        "--seed",
+        "5",
+        "--residual",
+        "mean",
+        "--no-progress",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("method: sketch (asked for)"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("low-rank sketch, 2 passes, width 10"),
+        "{stdout}"
+    );
+    let model = Model::load(&out).unwrap();
+    let fit = model.meta().fit.clone().unwrap();
+    assert_eq!(
+        (fit.method, fit.passes, fit.sketch_width, fit.seed),
+        (FitMethod::Sketch, 2, Some(10), Some(5))
+    );
+
+    let info = gaussskip_cli(&["info", out_s]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("fit method            low-rank sketch, 2 passes, width 10, seed 5"),
+        "{text}"
+    );
+    assert!(text.contains("captured (estimate)"), "{text}");
+    assert!(text.contains("of the data's total variance"), "{text}");
+    let json = gaussskip_cli(&["info", out_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["fit"]["method"], "sketch");
+    assert_eq!(v["fit"]["passes"], 2);
+    assert!(v["fit"]["captured_estimate"].as_f64().unwrap() > 0.9);
+
+    let exact_out = dir.join("e.safetensors");
+    let exact = gaussskip_cli(&[
+        "fit",
+        input,
+        "-o",
+        exact_out.to_str().unwrap(),
+        "--rank",
+        "4",
+        "--no-progress",
+    ]);
+    assert!(exact.status.success());
+    assert!(String::from_utf8_lossy(&exact.stderr).contains("method: exact (the exact fit"));
+    let text =
+        String::from_utf8_lossy(&gaussskip_cli(&["info", exact_out.to_str().unwrap()]).stdout)
+            .to_string();
+    assert!(
+        text.contains("fit method            exact eigendecomposition (1 pass)"),
+        "{text}"
+    );
+
+    for (args, want) in [
+        (vec!["--method", "sketch"], "fixed rank"),
+        (
+            vec!["--method", "sketch", "--explained", "0.9"],
+            "fixed rank",
+        ),
+        (
+            vec!["--method", "exact", "--device", "cuda"],
+            "--device cuda",
+        ),
+        (
+            vec!["--method", "sketch", "--rank", "4", "--passes", "0"],
+            "passes",
+        ),
+    ] {
+        let bad = dir.join("bad.safetensors");
+        let mut all = vec!["fit", input, "-o", bad.to_str().unwrap(), "--no-progress"];
+        all.extend(args.iter().copied());
+        let r = gaussskip_cli(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("gaussskip: error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!bad.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,8 +2,16 @@
 //! range, the Nyström approximation of a positive semi-definite matrix S from a test matrix W
 //! and its sketch Y = S W, and Ritz values. All f64, all GEMMs and factorisations from faer.
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::householder::{
+    apply_block_householder_sequence_on_the_left_in_place_scratch,
+    apply_block_householder_sequence_on_the_left_in_place_with_conj,
+};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Side};
+use faer::linalg::qr::no_pivoting::factor::{
+    qr_in_place, qr_in_place_scratch, recommended_block_size,
+};
+use faer::{Accum, Conj, Mat, MatRef, Side};
 
 use crate::error::{Error, Result};
 
@@ -13,10 +21,63 @@ use crate::error::{Error, Result};
 /// is not needed with an eigendecomposition in place of a Cholesky factor).
 const CORE_CUTOFF: f64 = 1e-11;
 
-/// Orthonormal basis of the columns of `y` (Householder thin QR: orthonormal to round-off even
-/// when `y` is rank-deficient).
-pub(crate) fn orthonormal_basis(y: MatRef<'_, f64>) -> Mat<f64> {
-    y.qr().compute_thin_Q()
+/// A Householder QR factorisation of a tall `m x n` matrix, computed in the matrix's own
+/// storage (no copy: these matrices are `dim x width`).
+struct InPlaceQr {
+    factors: Mat<f64>,
+    coeff: Mat<f64>,
+}
+
+impl InPlaceQr {
+    fn new(mut a: Mat<f64>) -> InPlaceQr {
+        let (m, n) = a.shape();
+        let block = recommended_block_size::<f64>(m, n);
+        let mut coeff = Mat::<f64>::zeros(block, m.min(n));
+        let par = faer::get_global_parallelism();
+        let scratch = qr_in_place_scratch::<f64>(m, n, block, par, Default::default());
+        qr_in_place(
+            a.as_mut(),
+            coeff.as_mut(),
+            par,
+            MemStack::new(&mut MemBuffer::new(scratch)),
+            Default::default(),
+        );
+        InPlaceQr { factors: a, coeff }
+    }
+
+    /// The `n x n` upper-triangular factor R.
+    fn r(&self) -> Mat<f64> {
+        let n = self.factors.ncols();
+        Mat::from_fn(n, n, |i, j| if i <= j { self.factors[(i, j)] } else { 0.0 })
+    }
+
+    /// Q [b; 0] for an `n x c` matrix b: the `m x c` combination of Q's first n columns.
+    fn q_times(&self, b: MatRef<'_, f64>) -> Mat<f64> {
+        let (m, n) = self.factors.shape();
+        let mut out = Mat::<f64>::zeros(m, b.ncols());
+        out.as_mut().subrows_mut(0, n).copy_from(b);
+        let scratch = apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(
+            m,
+            self.coeff.nrows(),
+            b.ncols(),
+        );
+        apply_block_householder_sequence_on_the_left_in_place_with_conj(
+            self.factors.as_ref(),
+            self.coeff.as_ref(),
+            Conj::No,
+            out.as_mut(),
+            faer::get_global_parallelism(),
+            MemStack::new(&mut MemBuffer::new(scratch)),
+        );
+        out
+    }
+}
+
+/// Orthonormal basis of the columns of `y`, computed in `y`'s storage (Householder thin QR:
+/// orthonormal to round-off even when `y` is rank-deficient).
+pub(crate) fn orthonormal_basis(y: Mat<f64>) -> Mat<f64> {
+    let n = y.ncols();
+    InPlaceQr::new(y).q_times(Mat::<f64>::identity(n, n).as_ref())
 }
 
 /// The symmetric part of Wᵀ Y (`width x width`).
@@ -56,8 +117,9 @@ pub(crate) fn ritz_values(w: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<Vec<
 
 /// Nyström approximation S ≈ Y (WᵀY)⁺ Yᵀ of a positive semi-definite S from a test matrix W
 /// (`dim x width`, full column rank) and its sketch Y = S W, returned as its eigenpairs:
-/// eigenvalues largest first (≥ 0) and orthonormal eigenvectors as the columns of a
-/// `dim x width'` matrix, width' ≤ width (directions of zero variance are dropped).
+/// all width' ≤ width eigenvalues, largest first (≥ 0; directions of zero variance are
+/// dropped), and the orthonormal eigenvectors of the first `keep` of them (fewer when
+/// width' < keep) as the columns of a `dim x keep` matrix.
 ///
 /// The approximation never exceeds S (S − Ŝ is positive semi-definite), so every eigenvalue is
 /// an underestimate; it equals the Rayleigh–Ritz approximation of S on span(S^½ W), half a
@@ -66,7 +128,11 @@ pub(crate) fn ritz_values(w: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<Vec<
 /// # Errors
 /// `Dataset` when an eigensolver or the SVD does not converge, or when the sketch holds no
 /// variance at all.
-pub(crate) fn nystrom(w: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+pub(crate) fn nystrom(
+    w: MatRef<'_, f64>,
+    y: MatRef<'_, f64>,
+    keep: usize,
+) -> Result<(Vec<f64>, Mat<f64>)> {
     let (d, k) = (w.nrows(), w.ncols());
     let (vals, vecs) = eigen_desc(&core(w, y))?;
     let top = vals.first().copied().unwrap_or(0.0);
@@ -77,7 +143,7 @@ pub(crate) fn nystrom(w: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<(Vec<f64
     }
     let kept = vals.iter().take_while(|&&v| v > top * CORE_CUTOFF).count();
     // F = Y V D^{-1/2}, so that Ŝ = F Fᵀ; its left singular vectors and squared singular
-    // values are Ŝ's eigenpairs.
+    // values are Ŝ's eigenpairs: with F = QR and R = U_R Σ V_Rᵀ, they are Q U_R and Σ².
     let scaled = Mat::from_fn(k, kept, |i, j| vecs[(i, j)] / vals[j].sqrt());
     let mut f = Mat::<f64>::zeros(d, kept);
     matmul(
@@ -88,12 +154,15 @@ pub(crate) fn nystrom(w: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<(Vec<f64
         1.0,
         faer::get_global_parallelism(),
     );
-    let svd = f
-        .thin_svd()
+    let qr = InPlaceQr::new(f);
+    let svd = qr
+        .r()
+        .svd()
         .map_err(|e| Error::Dataset(format!("the sketch's SVD did not converge: {e:?}")))?;
     let s = svd.S().column_vector();
     let eigvals = (0..kept).map(|j| s[j] * s[j]).collect();
-    Ok((eigvals, svd.U().to_owned()))
+    let cols = keep.min(kept);
+    Ok((eigvals, qr.q_times(svd.U().subcols(0, cols))))
 }
 
 /// The sign that makes the largest-magnitude entry of `col` positive (ties: the first), so

@@ -115,11 +115,14 @@ fn spinner(show: bool, message: String) -> ProgressBar {
 /// the exact fit in one read, or a [`Sketch`] in `passes` reads.
 ///
 /// # Errors
-/// Those of the readers; `InvalidArgument` for a sketch without a fixed rank or a rank out of
-/// range; `OutOfMemory` when the exact fit was asked for (or no rank was given) and its
+/// Those of the readers; `InvalidArgument` for zero passes, a sketch without a fixed rank or a
+/// rank out of range; `OutOfMemory` when the exact fit was asked for (or no rank was given) and its
 /// dim x dim matrices would not fit in the budget; `Dataset` when a later pass reads
 /// different data; those of [`fit_model_with_spectrum`] and [`Sketch::fit`].
 pub fn fit_path(path: &Path, opts: &PathFitOptions) -> Result<PathFit> {
+    if opts.passes == 0 {
+        return Err(Error::arg("passes", "must be at least 1"));
+    }
     if opts.method == Some(FitMethod::Sketch) {
         // Refused before any reading.
         choose_method(1, opts.method, opts.rank, Some(0))?;

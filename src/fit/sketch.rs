@@ -386,6 +386,18 @@ impl Sketch {
         Ok(())
     }
 
+    /// Moves the sums on a device into the host's (the same sums, held in one place).
+    fn fold_device(&mut self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = &mut self.device {
+            if let Some(part) = dev.download()? {
+                dev.clear()?;
+                self.sums.merge(self.test.as_ref(), &part);
+            }
+        }
+        Ok(())
+    }
+
     /// This pass's sums, including those still on a device.
     pub(super) fn totals(&self) -> Result<Cow<'_, PassSums>> {
         #[cfg(feature = "cuda")]
@@ -414,16 +426,17 @@ impl Sketch {
                 ),
             ));
         }
-        let sums = self.totals()?;
-        self.check_pass(&sums)?;
-        let test = orthonormal_basis(sums.y.as_ref());
-        let first = FirstPass {
+        self.fold_device()?;
+        self.check_pass(&self.sums)?;
+        // Y becomes the next test matrix in its own storage; the new sums are allocated once
+        // the old test matrix is gone, so the peak stays at three dim x width matrices.
+        let sums = std::mem::replace(&mut self.sums, PassSums::new(self.dim, 0));
+        self.first.get_or_insert(FirstPass {
             count: sums.count,
-            mean: sums.mean.clone(),
+            mean: sums.mean,
             trace: sums.trace,
-        };
-        drop(sums);
-        self.first.get_or_insert(first);
+        });
+        let test = orthonormal_basis(sums.y);
         self.test_id = matrix_id(test.as_ref());
         self.test = test;
         self.sums = PassSums::new(self.dim, self.width);
@@ -485,7 +498,7 @@ impl Sketch {
         let sums = self.totals()?;
         self.check_pass(&sums)?;
         let n1 = (sums.count - 1) as f64;
-        let (scatter_vals, vecs) = nystrom(self.test.as_ref(), sums.y.as_ref())?;
+        let (scatter_vals, vecs) = nystrom(self.test.as_ref(), sums.y.as_ref(), self.opts.rank)?;
         let eigvals: Vec<f64> = scatter_vals.iter().map(|&l| l / n1).collect();
         let total = (sums.trace / n1).max(0.0);
         let planned = self.opts.rank;

@@ -244,7 +244,8 @@ impl CudaSketch {
         self.clear()
     }
 
-    fn clear(&mut self) -> Result<()> {
+    /// Empties the partial sums.
+    pub(crate) fn clear(&mut self) -> Result<()> {
         self.y.clear()?;
         self.mean.clear()?;
         self.count = 0;
