@@ -627,7 +627,7 @@ gs_status gs_moments_fit(const gs_moments *moments,
 /*
  Plans a sketch of `dim`-vectors keeping up to `rank` modes: `oversampling` extra columns
  (0 = the default, the rank itself and at least 10), `passes` reads of the data (0 = the
- default, 4; 1 for data that can be read only once), `seed` for the test matrix.
+ default, 5; 1 for data that can be read only once), `seed` for the test matrix.
 
  # Safety
  `out` points to writable storage.

@@ -326,7 +326,7 @@ pub unsafe extern "C" fn gs_moments_fit(
 
 /// Plans a sketch of `dim`-vectors keeping up to `rank` modes: `oversampling` extra columns
 /// (0 = the default, the rank itself and at least 10), `passes` reads of the data (0 = the
-/// default, 4; 1 for data that can be read only once), `seed` for the test matrix.
+/// default, 5; 1 for data that can be read only once), `seed` for the test matrix.
 ///
 /// # Safety
 /// `out` points to writable storage.

@@ -385,7 +385,7 @@ def _cuda_ordinal(device) -> Optional[int]:
 class Sketch:
     """A streaming, mergeable low-rank sketch of the data's covariance (SPEC §6), in the
     library: memory about 2 x dim x (rank + oversampling) float64, ``passes`` reads of the
-    data (1 for data that can be read only once; the default, 4, keeps the top eigenvalues
+    data (1 for data that can be read only once; the default, 5, keeps the top eigenvalues
     within 1 % on the test data). Each pass: ``update`` every batch, then ``next_pass``
     (except after the last); then ``fit``.
 
