@@ -600,6 +600,7 @@ fn fit(data: &Dataset) -> Result<Model> {
                 value_space: "[-1,1]".to_string(),
                 sample_count: data.items as u64,
                 source: "gaussskip demo".to_string(),
+                fit: None,
             },
         },
     )

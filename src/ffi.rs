@@ -101,11 +101,11 @@ impl From<gs_noise> for Noise {
 
 /// An immutable Gaussian model. Thread-safe to share.
 pub struct gs_model {
-    inner: Arc<Model>,
+    pub(crate) inner: Arc<Model>,
 }
 
 impl gs_model {
-    fn new(model: Model) -> gs_model {
+    pub(crate) fn new(model: Model) -> gs_model {
         gs_model {
             inner: Arc::new(model),
         }
@@ -120,7 +120,7 @@ pub struct gs_context {
 /// Streaming, mergeable moments of a dataset (count, mean, centred second moments, f64).
 /// Not thread-safe: one thread at a time per object; merge objects filled in parallel.
 pub struct gs_moments {
-    inner: Moments,
+    pub(crate) inner: Moments,
 }
 
 thread_local! {
@@ -152,7 +152,7 @@ fn status_of(e: &Error) -> gs_status {
 }
 
 /// The one panic boundary: runs `f`, turns its error or panic into a status and message.
-fn guard(f: impl FnOnce() -> Result<(), Error>) -> gs_status {
+pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> gs_status {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
             set_last_error("");
@@ -174,13 +174,13 @@ fn guard(f: impl FnOnce() -> Result<(), Error>) -> gs_status {
     }
 }
 
-fn non_null<'a, T>(p: *const T, arg: &'static str) -> Result<&'a T, Error> {
+pub(crate) fn non_null<'a, T>(p: *const T, arg: &'static str) -> Result<&'a T, Error> {
     // SAFETY: non-NULL handles passed to the ABI were created by it and are alive (caller's
     // contract, documented on every function).
     unsafe { p.as_ref() }.ok_or(Error::NullPointer { arg })
 }
 
-fn c_str<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str, Error> {
+pub(crate) fn c_str<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str, Error> {
     if p.is_null() {
         return Err(Error::NullPointer { arg });
     }
@@ -192,7 +192,7 @@ fn c_str<'a>(p: *const c_char, arg: &'static str) -> Result<&'a str, Error> {
 
 /// A caller's array of `len` elements, after the checks a Rust slice needs: not NULL,
 /// aligned, and a byte size that fits in the address space.
-fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result<&'a [T], Error> {
+pub(crate) fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result<&'a [T], Error> {
     if p.is_null() {
         return Err(Error::NullPointer { arg });
     }
@@ -216,12 +216,12 @@ fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result<&'a [T], E
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-fn write_out<T>(out: *mut *mut T, value: T) {
+pub(crate) fn write_out<T>(out: *mut *mut T, value: T) {
     // SAFETY: `out` was checked non-NULL before any work was done.
     unsafe { *out = Box::into_raw(Box::new(value)) };
 }
 
-fn check_out<T>(out: *mut *mut T) -> Result<(), Error> {
+pub(crate) fn check_out<T>(out: *mut *mut T) -> Result<(), Error> {
     if out.is_null() {
         Err(Error::NullPointer { arg: "out" })
     } else {

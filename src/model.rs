@@ -5,7 +5,7 @@
 //! `residual_var` in f64 (they only feed the per-mode coefficients). `eigvecs` is row-major
 //! `rank x dim`: row k is the unit eigenvector u_k, contiguous.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,113 @@ pub struct ModelMeta {
     pub sample_count: u64,
     /// Free text: where the model came from.
     pub source: String,
+    /// How the model was fitted (`None` when unknown, e.g. a model built from parts).
+    pub fit: Option<FitInfo>,
+}
+
+/// How the eigenpairs of a fitted model were computed (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FitMethod {
+    /// Eigendecomposition of the full dim x dim covariance.
+    Exact,
+    /// Randomized low-rank sketch of the covariance (memory O(dim x width)).
+    Sketch,
+}
+
+impl FitMethod {
+    /// The name stored in the model file: `exact` or `sketch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FitMethod::Exact => "exact",
+            FitMethod::Sketch => "sketch",
+        }
+    }
+}
+
+/// What the model file records about its fit (metadata keys `fit_*`, see the README).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FitInfo {
+    /// `fit_method`.
+    pub method: FitMethod,
+    /// `fit_passes`: reads of the data (1 for the exact fit).
+    pub passes: u32,
+    /// `fit_sketch_width`: columns of the sketch, rank + oversampling (sketch only).
+    pub sketch_width: Option<usize>,
+    /// `fit_seed`: seed of the sketch's random test matrix (sketch only).
+    pub seed: Option<u64>,
+    /// `fit_explained`: fraction of the data's total variance (its exactly streamed trace)
+    /// that the kept modes carry.
+    pub explained: f64,
+    /// `fit_captured_estimate`: for a sketch of two or more passes, the fraction of the
+    /// top-rank variance found by the last pass that the previous pass's subspace already
+    /// held; a conservative estimate of how much of the exact top-rank variance the model's
+    /// subspace captures (1 = converged).
+    pub captured_estimate: Option<f64>,
+}
+
+impl FitInfo {
+    fn to_metadata(&self, meta: &mut BTreeMap<String, String>) {
+        let mut put = |k: &str, v: String| {
+            meta.insert(k.to_string(), v);
+        };
+        put("fit_method", self.method.name().to_string());
+        put("fit_passes", self.passes.to_string());
+        put("fit_explained", format!("{:?}", self.explained));
+        if let Some(w) = self.sketch_width {
+            put("fit_sketch_width", w.to_string());
+        }
+        if let Some(s) = self.seed {
+            put("fit_seed", s.to_string());
+        }
+        if let Some(c) = self.captured_estimate {
+            put("fit_captured_estimate", format!("{c:?}"));
+        }
+    }
+
+    /// Reads the `fit_*` keys; `Ok(None)` when the file has none (older files).
+    fn from_metadata(
+        meta: &HashMap<String, String>,
+    ) -> std::result::Result<Option<FitInfo>, String> {
+        let Some(method) = meta.get("fit_method") else {
+            return Ok(None);
+        };
+        let method = match method.as_str() {
+            "exact" => FitMethod::Exact,
+            "sketch" => FitMethod::Sketch,
+            other => {
+                return Err(format!(
+                    "metadata fit_method {other:?} is not \"exact\" or \"sketch\""
+                ))
+            }
+        };
+        fn num<T: std::str::FromStr>(
+            meta: &HashMap<String, String>,
+            key: &str,
+        ) -> std::result::Result<Option<T>, String> {
+            meta.get(key)
+                .map(|v| {
+                    v.parse::<T>()
+                        .map_err(|_| format!("metadata {key} {v:?} is not a valid number"))
+                })
+                .transpose()
+        }
+        let fraction = |key: &str| -> std::result::Result<Option<f64>, String> {
+            match num::<f64>(meta, key)? {
+                Some(f) if !(0.0..=1.0 + 1e-9).contains(&f) => {
+                    Err(format!("metadata {key} = {f} is not a fraction in [0, 1]"))
+                }
+                other => Ok(other),
+            }
+        };
+        Ok(Some(FitInfo {
+            method,
+            passes: num(meta, "fit_passes")?.ok_or("metadata fit_passes is missing")?,
+            sketch_width: num(meta, "fit_sketch_width")?,
+            seed: num(meta, "fit_seed")?,
+            explained: fraction("fit_explained")?.ok_or("metadata fit_explained is missing")?,
+            captured_estimate: fraction("fit_captured_estimate")?,
+        }))
+    }
 }
 
 /// An immutable Gaussian model; cheap to share across threads (`Arc<Model>`).
@@ -191,6 +298,32 @@ impl Model {
             .push(hook);
     }
 
+    /// The metadata the model file stores (SPEC §7 and the `fit_*` keys), as text.
+    pub fn file_metadata(&self) -> BTreeMap<String, String> {
+        let shape_text = self
+            .meta
+            .item_shape
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut meta: BTreeMap<String, String> = [
+            ("format", FILE_FORMAT.to_string()),
+            ("format_version", FILE_FORMAT_VERSION.to_string()),
+            ("item_shape", shape_text),
+            ("value_space", self.meta.value_space.clone()),
+            ("sample_count", self.meta.sample_count.to_string()),
+            ("source", self.meta.source.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(fit) = &self.meta.fit {
+            fit.to_metadata(&mut meta);
+        }
+        meta
+    }
+
     /// Writes the model as safetensors, atomically (a temporary file in the same folder,
     /// flushed, then renamed over `path`).
     ///
@@ -217,24 +350,7 @@ impl Model {
             ),
             ("residual_var", view(Dtype::F64, vec![], &resid)),
         ];
-        let shape_text = self
-            .meta
-            .item_shape
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let meta: HashMap<String, String> = [
-            ("format", FILE_FORMAT.to_string()),
-            ("format_version", FILE_FORMAT_VERSION.to_string()),
-            ("item_shape", shape_text),
-            ("value_space", self.meta.value_space.clone()),
-            ("sample_count", self.meta.sample_count.to_string()),
-            ("source", self.meta.source.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let meta: HashMap<String, String> = self.file_metadata().into_iter().collect();
         let bytes = safetensors::tensor::serialize(tensors, Some(meta))
             .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
         write_atomic(path, &bytes)
@@ -324,6 +440,7 @@ impl Model {
             value_space: meta_map.get("value_space").cloned().unwrap_or_default(),
             sample_count,
             source: meta_map.get("source").cloned().unwrap_or_default(),
+            fit: FitInfo::from_metadata(&meta_map).map_err(bad)?,
         };
         let mean = tensors.read("mean", |v| v as f32)?;
         let eigvals = tensors.read("eigvals", |v| v)?;

@@ -43,6 +43,7 @@ fn model_file(dir: &Path) -> (PathBuf, Model) {
         value_space: "[-1,1]".into(),
         sample_count: 1234,
         source: "cli test".into(),
+        fit: None,
     };
     let model = Model::from_parts(mean, EIGVALS.to_vec(), eigvecs, RESIDUAL_VAR, meta).unwrap();
     let path = dir.join("model.safetensors");

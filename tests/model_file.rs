@@ -73,6 +73,7 @@ fn meta() -> ModelMeta {
         value_space: "[-1,1]".into(),
         sample_count: 12_345_678_901,
         source: "hand-made test model, ünïcode and \"quotes\"".into(),
+        fit: None,
     }
 }
 

@@ -114,7 +114,7 @@ pub struct Loaded {
 /// `FileFormat` error naming its dtype).
 pub fn moments_from_path(path: &Path, opts: &InputOptions) -> Result<Loaded> {
     let mut moments: Option<Moments> = None;
-    let (item_shape, value_space) = stream(path, opts, &mut |rows, dim| {
+    let (item_shape, value_space) = stream(path, opts, "reading", &mut |rows, dim| {
         moments
             .get_or_insert_with(|| Moments::new(dim))
             .add_rows_f64(rows)
@@ -143,7 +143,7 @@ pub struct Rows {
 /// As [`moments_from_path`].
 pub fn rows_from_path(path: &Path, opts: &InputOptions) -> Result<Rows> {
     let mut rows = Vec::new();
-    let (item_shape, value_space) = stream(path, opts, &mut |chunk, _| {
+    let (item_shape, value_space) = stream(path, opts, "reading", &mut |chunk, _| {
         crate::error::check_finite("rows", chunk)?;
         rows.extend(chunk.iter().map(|&v| v as f32));
         Ok(())
@@ -156,21 +156,29 @@ pub fn rows_from_path(path: &Path, opts: &InputOptions) -> Result<Rows> {
 }
 
 /// Receives scaled row-major chunks and the item length.
-type Sink<'a> = dyn FnMut(&[f64], usize) -> Result<()> + Send + 'a;
+pub(super) type Sink<'a> = dyn FnMut(&[f64], usize) -> Result<()> + Send + 'a;
 
-/// Reads any supported input front to back into `sink`; returns (item shape, value space).
-fn stream(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<usize>, String)> {
-    crate::pool::install(|| stream_in_pool(path, opts, sink))
+/// Reads any supported input front to back into `sink` (row-major chunks of whole items after
+/// the scale, and the item length); returns (item shape, value space). `label` starts the
+/// progress bar's line (e.g. "pass 2/4").
+pub(super) fn stream(
+    path: &Path,
+    opts: &InputOptions,
+    label: &str,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
+    crate::pool::install(|| stream_in_pool(path, opts, label, sink))
 }
 
 fn stream_in_pool(
     path: &Path,
     opts: &InputOptions,
+    label: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        return from_images(path, opts, sink);
+        return from_images(path, opts, label, sink);
     }
     if is_csv(path) {
         let scale = opts.scale.unwrap_or(Scale::PIXELS);
@@ -183,10 +191,10 @@ fn stream_in_pool(
     match ext.as_str() {
         "npy" => {
             let reader = NpyReader::open(path)?;
-            from_array(path, opts, reader, sink)
+            from_array(path, opts, label, reader, sink)
         }
-        "npz" => from_npz(path, opts, sink),
-        "safetensors" => from_safetensors(path, opts, sink),
+        "npz" => from_npz(path, opts, label, sink),
+        "safetensors" => from_safetensors(path, opts, label, sink),
         _ => Err(Error::arg(
             "input",
             format!(
@@ -203,7 +211,7 @@ fn extension(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
+fn bar(len: u64, what: &str, label: &str, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -215,7 +223,7 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    pb.set_message("reading");
+    pb.set_message(label.to_string());
     pb
 }
 
@@ -248,12 +256,13 @@ fn split_shape(path: &Path, shape: &[usize]) -> Result<(usize, Vec<usize>, usize
 fn from_array(
     path: &Path,
     opts: &InputOptions,
+    label: &str,
     mut source: NpyReader<impl Read>,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let (items, item_shape, dim) = split_shape(path, source.shape())?;
     let rows_per_chunk = (CHUNK_VALUES / dim).max(1);
-    let pb = bar(items as u64, "items", opts.progress);
+    let pb = bar(items as u64, "items", label, opts.progress);
     let mut buf = Vec::with_capacity(rows_per_chunk * dim);
     let mut done = 0;
     while done < items {
@@ -283,7 +292,12 @@ fn from_array(
     Ok((item_shape, space))
 }
 
-fn from_npz(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Vec<usize>, String)> {
+fn from_npz(
+    path: &Path,
+    opts: &InputOptions,
+    label: &str,
+    sink: &mut Sink<'_>,
+) -> Result<(Vec<usize>, String)> {
     let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| Error::format(path, format!("not a readable .npz (zip) archive: {e}")))?;
@@ -295,12 +309,12 @@ fn from_npz(path: &Path, opts: &InputOptions, sink: &mut Sink<'_>) -> Result<(Ve
     let entry = pick(path, &names, opts.key.as_deref(), |n| {
         n.strip_suffix(".npy").unwrap_or(n).to_string()
     })?;
-    let label = PathBuf::from(format!("{}:{entry}", path.display()));
+    let inner = PathBuf::from(format!("{}:{entry}", path.display()));
     let reader = zip
         .by_name(&entry)
-        .map_err(|e| Error::format(&label, format!("cannot open the array: {e}")))?;
-    let npy = NpyReader::from_reader(reader, &label)?;
-    from_array(&label, opts, npy, sink)
+        .map_err(|e| Error::format(&inner, format!("cannot open the array: {e}")))?;
+    let npy = NpyReader::from_reader(reader, &inner)?;
+    from_array(&inner, opts, label, npy, sink)
 }
 
 /// Chooses the array named by `key` (compared with `short` names), or the only one.
@@ -347,6 +361,7 @@ fn pick(
 fn from_safetensors(
     path: &Path,
     opts: &InputOptions,
+    label: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -383,14 +398,14 @@ fn from_safetensors(
     let (start, end) = info.data_offsets;
     file.seek(SeekFrom::Start(header.data_start + start as u64))
         .map_err(|e| Error::io(path, e))?;
-    let label = PathBuf::from(format!("{}:{name}", path.display()));
+    let inner = PathBuf::from(format!("{}:{name}", path.display()));
     let source = NpyReader::raw(
         BufReader::new(file).take((end - start) as u64),
-        &label,
+        &inner,
         info.shape.clone(),
         npy_dtype,
     );
-    from_array(&label, opts, source, sink)
+    from_array(&inner, opts, label, source, sink)
 }
 
 /// True for a CSV dataset: a file named `.csv`, `.csv.gz` or `.gz` (see [`read_csv`]).
@@ -585,6 +600,7 @@ fn decode_image(path: &Path) -> Result<Decoded> {
 fn from_images(
     dir: &Path,
     opts: &InputOptions,
+    label: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let mut files = Vec::new();
@@ -603,7 +619,7 @@ fn from_images(
     }
     files.sort();
     let scale = opts.scale.unwrap_or(Scale::PIXELS);
-    let pb = bar(files.len() as u64, "images", opts.progress);
+    let pb = bar(files.len() as u64, "images", label, opts.progress);
     let mut shape: Option<(Vec<usize>, &Path)> = None;
     for chunk in files.chunks(IMAGE_CHUNK) {
         let decoded: Vec<Result<Decoded>> = chunk.par_iter().map(|p| decode_image(p)).collect();

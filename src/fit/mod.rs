@@ -18,17 +18,26 @@
 //! ```
 
 mod input;
+mod lowrank;
+mod path;
+mod sketch;
+#[cfg(feature = "cuda")]
+mod sketch_cuda;
+mod state;
 
 pub use input::{
     csv_item_shape, is_csv, moments_from_path, read_csv, rows_from_path, CsvSink, InputOptions,
     Loaded, Rows, Scale,
 };
+pub use path::{choose_method, exact_fit_bytes, fit_path, PathFit, PathFitOptions};
+pub use sketch::{Sketch, SketchOptions, DEFAULT_PASSES, MIN_OVERSAMPLING};
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef};
 
 use crate::error::{check_finite, Error, Result};
-use crate::model::{Model, ModelMeta};
+use crate::model::{FitInfo, FitMethod, Model, ModelMeta};
+use lowrank::canonical_sign;
 
 /// Rows per internal batch: bounds the f64 copy of a batch to `BATCH_ROWS x dim`.
 const BATCH_ROWS: usize = 1024;
@@ -316,7 +325,8 @@ impl Default for FitOptions {
 /// What the eigendecomposition found, besides the model.
 #[derive(Clone, Debug)]
 pub struct Spectrum {
-    /// Every eigenvalue of the covariance, non-increasing, negatives (round-off) set to 0.
+    /// Every eigenvalue of the covariance (the exact fit) or the sketch's estimates of its
+    /// largest `width` (a [`Sketch`]), non-increasing, negatives (round-off) set to 0.
     pub eigvals: Vec<f64>,
     /// Number kept.
     pub rank: usize,
@@ -349,17 +359,13 @@ pub fn fit_model_with_spectrum(moments: &Moments, opts: &FitOptions) -> Result<(
 
 fn fit_in_pool(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)> {
     let d = moments.dim();
-    match opts.rank {
-        Rank::Fixed(r) if r == 0 || r > d => {
-            return Err(Error::arg("rank", format!("must be in 1..={d}, got {r}")))
+    if let Rank::Fixed(r) = opts.rank {
+        if r == 0 || r > d {
+            return Err(Error::arg("rank", format!("must be in 1..={d}, got {r}")));
         }
-        Rank::Explained(f) if !(f > 0.0 && f <= 1.0) => {
-            return Err(Error::arg(
-                "explained",
-                format!("must be a fraction in (0, 1], got {f}"),
-            ))
-        }
-        _ => {}
+    }
+    if let Rank::Explained(f) = opts.rank {
+        check_fraction(f)?;
     }
     let cov = moments.covariance()?;
     let (s, u) = eigen(&cov)?;
@@ -372,18 +378,8 @@ fn fit_in_pool(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)
     let rank = match opts.rank {
         Rank::Full => d,
         Rank::Fixed(r) => r,
-        Rank::Explained(f) => {
-            let mut acc = 0.0;
-            let mut r = d;
-            for (k, &l) in eigvals.iter().enumerate() {
-                acc += l;
-                if acc >= f * total {
-                    r = k + 1;
-                    break;
-                }
-            }
-            r.max(1)
-        }
+        // Rounding may leave the full sum a hair below f·total: then all modes.
+        Rank::Explained(f) => rank_for(&eigvals, total, f)?.unwrap_or(d),
     };
     let kept: f64 = eigvals[..rank].iter().sum();
     let residual_var = match opts.residual {
@@ -394,26 +390,57 @@ fn fit_in_pool(moments: &Moments, opts: &FitOptions) -> Result<(Model, Spectrum)
     let mut eigvecs = vec![0f32; rank * d];
     for (row, &k) in eigvecs.chunks_mut(d).zip(&order) {
         let col = u.col(k);
-        let mut big = 0.0f64;
-        for i in 0..d {
-            if col[i].abs() > big.abs() {
-                big = col[i];
-            }
-        }
-        let sign = if big < 0.0 { -1.0 } else { 1.0 };
+        let sign = canonical_sign((0..d).map(|i| col[i]));
         for (i, v) in row.iter_mut().enumerate() {
             *v = (sign * col[i]) as f32;
         }
     }
+    let explained = if total > 0.0 { kept / total } else { 1.0 };
     let mean: Vec<f32> = moments.mean().iter().map(|&m| m as f32).collect();
     let mut meta = opts.meta.clone();
     meta.sample_count = moments.count();
+    meta.fit = Some(FitInfo {
+        method: FitMethod::Exact,
+        passes: 1,
+        sketch_width: None,
+        seed: None,
+        explained,
+        captured_estimate: None,
+    });
     let model = Model::from_parts(mean, eigvals[..rank].to_vec(), eigvecs, residual_var, meta)?;
     let spectrum = Spectrum {
-        explained: if total > 0.0 { kept / total } else { 1.0 },
+        explained,
         eigvals,
         rank,
         residual_var,
     };
     Ok((model, spectrum))
+}
+
+fn check_fraction(f: f64) -> Result<()> {
+    if f > 0.0 && f <= 1.0 {
+        Ok(())
+    } else {
+        Err(Error::arg(
+            "explained",
+            format!("must be a fraction in (0, 1], got {f}"),
+        ))
+    }
+}
+
+/// The fewest leading `eigvals` (non-increasing) whose sum reaches `f` of `total`, or `None`
+/// when all of them do not.
+///
+/// # Errors
+/// `InvalidArgument` for `f` outside (0, 1].
+fn rank_for(eigvals: &[f64], total: f64, f: f64) -> Result<Option<usize>> {
+    check_fraction(f)?;
+    let mut acc = 0.0;
+    for (k, &l) in eigvals.iter().enumerate() {
+        acc += l;
+        if acc >= f * total {
+            return Ok(Some(k + 1));
+        }
+    }
+    Ok(None)
 }

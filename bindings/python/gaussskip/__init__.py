@@ -29,7 +29,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedDtypeError,
 )
-from .fit import Moments, fit
+from .fit import Moments, Sketch, fit
 from .integrations import choose_skip, diffusers_pipeline_skip, diffusers_skip, edm_sampler_skip, kdiffusion_skip
 from .model import Model
 from .noise import Noise, edm, flow, karras_sigmas, vp
@@ -64,6 +64,7 @@ __all__ = [
     "NullPointerError",
     "OutOfMemoryError",
     "ShapeMismatchError",
+    "Sketch",
     "UnsupportedDtypeError",
     "choose_skip",
     "diffusers_pipeline_skip",

@@ -9,8 +9,8 @@ Search order (the first existing file wins):
    output folders ``$CARGO_TARGET_DIR/{release,debug}``, then ``target/release`` and
    ``target/debug`` in the folders above this package. The current directory plays no part.
 
-The library is loaded on first use, so the pure-NumPy parts (``Moments``, noise helpers)
-work without it.
+The library is loaded on first use, so the pure-NumPy parts (noise helpers) work without
+it.
 """
 
 import ctypes

@@ -1,73 +1,285 @@
-"""Fitting a Gaussian model: streaming, mergeable moments in float64 (SPEC §6), pure NumPy.
+"""Fitting a Gaussian model (SPEC §6) through the library's C ABI: one implementation, in
+libgaussskip, for the command line, C and Python alike.
 
-Each batch contributes its own mean and centred second moment, combined with Chan et al.'s
-parallel update, so no large offset is ever squared (no cancellation) and shards computed
-anywhere merge exactly. Memory is one dim x dim float64 matrix (dim = 3072 for CIFAR-10:
-75 MB; dim = 12288: 1.2 GB).
+* :class:`Moments` — streaming, mergeable count, mean and centred second moments in float64
+  (``gs_moments_*``), then the exact eigendecomposition. Memory: one dim x dim float64
+  matrix (dim 3072: 75 MB; dim 16384: 2.1 GB).
+* :class:`Sketch` — the low-rank sketch (``gs_sketch_*``) for latent-scale data: memory
+  O(dim x rank), one read of the data per pass, optionally on a CUDA device through cuBLAS
+  (PyTorch CUDA tensors are consumed where they are).
+* :func:`fit` — either, from an array or from batches (a DataLoader of arrays, ``(x, y)``
+  tuples or dicts), choosing the sketch when a rank is given and the dim x dim matrices would
+  not fit in memory.
+
+Both accumulators merge exactly (shards filled anywhere) and export their whole state as
+bytes (:meth:`to_bytes`, :meth:`from_bytes`; they also pickle).
 """
 
-from typing import Iterable, Optional, Tuple, Union
+import ctypes
+import json
+from math import prod
+from typing import Any, Iterable, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import DatasetError
+from . import _lib
+from .errors import (
+    DatasetError,
+    GaussSkipError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnsupportedDtypeError,
+)
 from .model import Model
+
+GS_RESIDUAL_ZERO = 0
+GS_RESIDUAL_MEAN = 1
+GS_FIT_EXACT = 0
+GS_FIT_SKETCH = 1
+
+#: Keys tried, in order, for the data of a batch given as a dict.
+DICT_KEYS = ("x", "image", "images", "pixel_values", "latents", "latent", "input", "inputs", "data")
+
+
+class _FitMeta(ctypes.Structure):
+    """``gs_fit_meta``."""
+
+    _fields_ = [
+        ("item_shape", ctypes.POINTER(ctypes.c_size_t)),
+        ("item_ndim", ctypes.c_size_t),
+        ("value_space", ctypes.c_char_p),
+        ("source", ctypes.c_char_p),
+    ]
+
+
+class _SketchInfo(ctypes.Structure):
+    """``gs_sketch_info``."""
+
+    _fields_ = [
+        ("dim", ctypes.c_size_t),
+        ("rank", ctypes.c_size_t),
+        ("width", ctypes.c_size_t),
+        ("pass_", ctypes.c_uint32),
+        ("passes", ctypes.c_uint32),
+        ("count", ctypes.c_uint64),
+        ("seed", ctypes.c_uint64),
+    ]
+
+
+_declared = False
+
+
+def _fit_lib() -> ctypes.CDLL:
+    """The library with the fitting functions' signatures declared."""
+    global _declared
+    lib = _lib.load()
+    if _declared:
+        return lib
+    c = ctypes
+    vp, sz, u32, u64, i32 = c.c_void_p, c.c_size_t, c.c_uint32, c.c_uint64, c.c_int32
+    f32p, f64p, szp = c.POINTER(c.c_float), c.POINTER(c.c_double), c.POINTER(c.c_size_t)
+    meta_p = c.POINTER(_FitMeta)
+    sigs = {
+        "gs_moments_create": (u32, [sz, c.POINTER(vp)]),
+        "gs_moments_free": (None, [vp]),
+        "gs_moments_add_rows": (u32, [vp, f32p, sz]),
+        "gs_moments_add_rows_f64": (u32, [vp, f64p, sz]),
+        "gs_moments_merge": (u32, [vp, vp]),
+        "gs_moments_count": (u64, [vp]),
+        "gs_moments_dim": (sz, [vp]),
+        "gs_moments_get": (u32, [vp, f64p, f64p]),
+        "gs_moments_export": (u32, [vp, vp, sz, szp]),
+        "gs_moments_import": (u32, [vp, sz, c.POINTER(vp)]),
+        "gs_moments_fit": (u32, [vp, sz, c.c_double, u32, meta_p, c.POINTER(vp)]),
+        "gs_sketch_create": (u32, [sz, sz, sz, u32, u64, c.POINTER(vp)]),
+        "gs_sketch_free": (None, [vp]),
+        "gs_sketch_add_rows": (u32, [vp, f32p, sz]),
+        "gs_sketch_add_rows_f64": (u32, [vp, f64p, sz]),
+        "gs_sketch_use_cuda": (u32, [vp, i32]),
+        "gs_sketch_add_rows_cuda": (u32, [vp, vp, sz, vp]),
+        "gs_sketch_merge": (u32, [vp, vp]),
+        "gs_sketch_empty_like": (u32, [vp, c.POINTER(vp)]),
+        "gs_sketch_next_pass": (u32, [vp]),
+        "gs_sketch_get_info": (u32, [vp, c.POINTER(_SketchInfo)]),
+        "gs_sketch_fit": (u32, [vp, sz, c.c_double, u32, meta_p, c.POINTER(vp)]),
+        "gs_sketch_export": (u32, [vp, vp, sz, szp]),
+        "gs_sketch_import": (u32, [vp, sz, c.POINTER(vp)]),
+        "gs_model_metadata": (u32, [vp, c.c_char_p, sz, szp]),
+        "gs_fit_choose_method": (u32, [sz, sz, c.POINTER(u32)]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    _declared = True
+    return lib
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "data_ptr")
+
+
+def _residual_code(residual: str) -> int:
+    if residual == "zero":
+        return GS_RESIDUAL_ZERO
+    if residual == "mean":
+        return GS_RESIDUAL_MEAN
+    raise InvalidArgumentError(f"invalid argument `residual`: expected 'zero' or 'mean', got {residual!r}", 2)
+
+
+def _rank_args(rank: Optional[int], explained: Optional[float]) -> Tuple[int, float]:
+    if rank is not None and explained is not None:
+        raise InvalidArgumentError("invalid argument `explained`: give a rank or a fraction, not both", 2)
+    if rank is not None and (int(rank) != rank or rank < 1):
+        raise InvalidArgumentError(f"invalid argument `rank`: must be a whole number >= 1, got {rank!r}", 2)
+    if explained is not None and not 0.0 < float(explained) <= 1.0:
+        raise InvalidArgumentError(f"invalid argument `explained`: must be in (0, 1], got {explained!r}", 2)
+    return (0 if rank is None else int(rank)), (0.0 if explained is None else float(explained))
+
+
+def _model_from_handle(handle: ctypes.c_void_p) -> Model:
+    """Wraps a fitted ``gs_model*`` with the metadata its file would store."""
+    lib = _fit_lib()
+    n = ctypes.c_size_t(0)
+    try:
+        _lib.check(lib.gs_model_metadata(handle, None, 0, ctypes.byref(n)))
+        buf = ctypes.create_string_buffer(n.value + 1)
+        _lib.check(lib.gs_model_metadata(handle, buf, n.value + 1, ctypes.byref(n)))
+    except GaussSkipError:
+        lib.gs_model_free(handle)
+        raise
+    return Model(handle, json.loads(buf.value.decode("utf-8")))
+
+
+def _fit_meta(item_shape: Tuple[int, ...], value_space: str, source: str):
+    shape = (ctypes.c_size_t * len(item_shape))(*item_shape)
+    meta = _FitMeta(
+        ctypes.cast(shape, ctypes.POINTER(ctypes.c_size_t)),
+        len(item_shape),
+        value_space.encode("utf-8"),
+        source.encode("utf-8"),
+    )
+    return meta, shape  # the shape array must outlive the call
+
+
+def _export(fn, handle) -> bytes:
+    n = ctypes.c_size_t(0)
+    _lib.check(fn(handle, None, 0, ctypes.byref(n)))
+    buf = ctypes.create_string_buffer(max(n.value, 1))
+    _lib.check(fn(handle, buf, n.value, ctypes.byref(n)))
+    return buf.raw[: n.value]
+
+
+class _Rows:
+    """One batch as the library takes it: a C-contiguous float32 or float64 host array, or a
+    float64 CUDA tensor."""
+
+    def __init__(self, batch, item_shape: Optional[Tuple[int, ...]], *, device_ok: bool):
+        self.cuda = None
+        if _is_torch(batch):
+            t = batch.detach()
+            if t.ndim == 0:
+                raise ShapeMismatchError("`batch` has the wrong size: expected shape (n, *item), got a scalar", 3)
+            if t.is_cuda and device_ok:
+                import torch
+
+                self.shape = tuple(t.shape)
+                self.cuda = t.to(torch.float64).contiguous()
+                self.device = t.device
+                self.array = None
+            else:
+                import torch
+
+                # NumPy has no bfloat16.
+                batch = (t.to(torch.float64) if t.dtype == torch.bfloat16 else t).cpu().numpy()
+        if self.cuda is None:
+            a = np.asarray(batch)
+            if a.ndim == 0:
+                raise ShapeMismatchError("`batch` has the wrong size: expected shape (n, *item), got a scalar", 3)
+            if a.dtype.kind not in "biuf":
+                raise UnsupportedDtypeError(f"unsupported dtype: batch of dtype {a.dtype}; expected numbers", 9)
+            work = np.float32 if a.dtype in (np.float32, np.float16) else np.float64
+            self.array = np.ascontiguousarray(a, dtype=work)
+            self.shape = a.shape
+        self.rows = int(self.shape[0])
+        self.item = tuple(int(s) for s in self.shape[1:]) or (1,)
+        if item_shape is not None and self.item != item_shape:
+            raise ShapeMismatchError(
+                f"`batch` has the wrong size: items of shape {self.item}, earlier ones {item_shape}", 3
+            )
+
+    def first_bad_row(self) -> int:
+        flat = self.array.reshape(self.rows, -1)
+        return int(np.nonzero(~np.isfinite(flat).all(axis=1))[0][0])
+
+    def add_host(self, fn32, fn64, handle) -> None:
+        a = self.array
+        try:
+            if a.dtype == np.float32:
+                _lib.check(fn32(handle, a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), self.rows))
+            else:
+                _lib.check(fn64(handle, a.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), self.rows))
+        except NonFiniteError:
+            raise NonFiniteError(f"row {self.first_bad_row()} of the batch holds NaN or Inf (nothing was added)", 4) from None
 
 
 class Moments:
-    """Running count, mean and centred second-moment matrix M2 of data rows.
+    """Running count, mean and centred second-moment (scatter) matrix of data rows, in the
+    library (float64, Chan et al.'s update: no cancellation, shards merge exactly).
 
-    ``update`` takes a batch of shape (n, *item); ``merge`` combines two accumulators as if
-    one had seen both datasets; ``fit`` gives the model.
+    ``update`` takes a batch of shape (n, *item); ``merge`` adds another accumulator's data;
+    ``fit`` gives the model. The dimension is set by the first batch.
     """
 
     def __init__(self) -> None:
-        self.count = 0
-        self.mean: Optional[np.ndarray] = None
-        self.m2: Optional[np.ndarray] = None
+        self._handle: Optional[ctypes.c_void_p] = None
         self.item_shape: Optional[Tuple[int, ...]] = None
+
+    def __del__(self):
+        h = getattr(self, "_handle", None)
+        if h is not None and _lib._lib is not None:
+            _lib._lib.gs_moments_free(h)
+
+    def _create(self, item: Tuple[int, ...]) -> None:
+        lib = _fit_lib()
+        h = ctypes.c_void_p()
+        _lib.check(lib.gs_moments_create(prod(item), ctypes.byref(h)))
+        self._handle, self.item_shape = h, item
 
     @property
     def dim(self) -> Optional[int]:
-        return None if self.mean is None else self.mean.size
+        """Values per item (None before the first batch)."""
+        return None if self.item_shape is None else prod(self.item_shape)
 
-    def update(self, batch) -> "Moments":
-        """Adds a batch of rows, shape (n, *item) (converted to float64). Returns self."""
-        b = np.asarray(batch, dtype=np.float64)
-        if b.ndim == 0:
-            raise DatasetError("dataset: a batch must have shape (n, *item), got a scalar", 13)
-        item = tuple(b.shape[1:])
-        if self.item_shape is not None and item != self.item_shape:
-            raise DatasetError(f"dataset: batch items have shape {item}, earlier ones {self.item_shape}", 13)
-        n = b.shape[0]
-        if n == 0:
-            return self
-        rows = b.reshape(n, -1)
-        if not np.isfinite(rows).all():
-            row = int(np.nonzero(~np.isfinite(rows).all(axis=1))[0][0])
-            raise DatasetError(f"dataset: row {row} of the batch holds NaN or Inf", 13)
-        mean = rows.mean(axis=0)
-        centred = rows - mean
-        other = Moments()
-        other.count, other.mean, other.m2, other.item_shape = n, mean, centred.T @ centred, item
-        return self.merge(other)
+    @property
+    def count(self) -> int:
+        """Items added so far."""
+        return 0 if self._handle is None else int(_fit_lib().gs_moments_count(self._handle))
 
-    def merge(self, other: "Moments") -> "Moments":
-        """Adds another accumulator's data (Chan et al.). Returns self."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            self.count, self.item_shape = other.count, other.item_shape
-            self.mean, self.m2 = other.mean.copy(), other.m2.copy()
-            return self
-        if other.item_shape != self.item_shape:
-            raise DatasetError(f"dataset: cannot merge items of shape {other.item_shape} into {self.item_shape}", 13)
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (other.count / n)
-        self.m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.count * other.count / n)
-        self.count = n
-        return self
+    def _get(self, scatter: bool) -> np.ndarray:
+        if self._handle is None:
+            raise DatasetError("dataset: no rows were added", 13)
+        d = self.dim
+        mean = np.empty(d)
+        m2 = np.empty((d, d)) if scatter else None
+        f64p = ctypes.POINTER(ctypes.c_double)
+        _lib.check(
+            _fit_lib().gs_moments_get(
+                self._handle, mean.ctypes.data_as(f64p), m2.ctypes.data_as(f64p) if scatter else None
+            )
+        )
+        return m2 if scatter else mean
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The mean of the items, float64, shape (dim,) (a copy)."""
+        return self._get(False)
+
+    @property
+    def m2(self) -> np.ndarray:
+        """The scatter matrix sum_i (x_i - mean)(x_i - mean)^T, float64 (a copy)."""
+        return self._get(True)
 
     def covariance(self) -> np.ndarray:
         """The unbiased covariance M2 / (count - 1)."""
@@ -75,65 +287,416 @@ class Moments:
             raise DatasetError(f"dataset: need at least 2 rows for a covariance, got {self.count}", 13)
         return self.m2 / (self.count - 1)
 
+    def update(self, batch) -> "Moments":
+        """Adds a batch of rows, shape (n, *item) (NumPy array or tensor; float32 is added as
+        float32, everything else as float64). Returns self. Nothing is added on error."""
+        rows = _Rows(batch, self.item_shape, device_ok=False)
+        if rows.rows == 0:
+            return self
+        if self._handle is None:
+            self._create(rows.item)
+        lib = _fit_lib()
+        rows.add_host(lib.gs_moments_add_rows, lib.gs_moments_add_rows_f64, self._handle)
+        return self
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Adds another accumulator's data (exactly, Chan et al.). Returns self."""
+        if other._handle is None:
+            return self
+        if other is self:
+            raise InvalidArgumentError("invalid argument `other`: cannot merge moments into themselves", 2)
+        if self._handle is None:
+            self._create(other.item_shape)
+        elif other.item_shape != self.item_shape:
+            raise ShapeMismatchError(
+                f"`other` has the wrong size: items of shape {other.item_shape}, these {self.item_shape}", 3
+            )
+        _lib.check(_fit_lib().gs_moments_merge(self._handle, other._handle))
+        return self
+
     def fit(
         self,
         rank: Optional[int] = None,
         residual: str = "zero",
         *,
+        explained: Optional[float] = None,
         value_space: str = "",
         source: str = "",
     ) -> Model:
-        """The Gaussian model of the data: eigendecomposition (float64) of the covariance,
-        the ``rank`` largest modes (all by default), and ``residual_var`` = 0 (``"zero"``,
-        as in the papers) or the mean of the discarded eigenvalues (``"mean"``, keeps the
-        trace). Tiny negative eigenvalues from rounding are set to 0."""
-        cov = self.covariance()
-        d = cov.shape[0]
-        r = d if rank is None else int(rank)
-        if not 1 <= r <= d:
-            raise ValueError(f"rank must be in 1..={d}, got {rank}")
-        if residual not in ("zero", "mean"):
-            raise ValueError(f"residual must be 'zero' or 'mean', got {residual!r}")
-        vals, vecs = np.linalg.eigh(cov)
-        order = np.argsort(vals)[::-1]
-        vals = np.clip(vals[order], 0.0, None)
-        vecs = vecs[:, order]
-        resid = float(vals[r:].mean()) if (residual == "mean" and r < d) else 0.0
-        return Model.from_arrays(
-            self.mean,
-            vals[:r],
-            vecs[:, :r].T,
-            resid,
-            item_shape=self.item_shape if self.item_shape else (d,),
-            value_space=value_space,
-            source=source,
-            sample_count=self.count,
+        """The Gaussian model of the data: eigendecomposition of the covariance (float64), the
+        ``rank`` largest modes (all by default) or the fewest that carry the fraction
+        ``explained`` of the variance, and ``residual_var`` 0 (``"zero"``, the papers) or the
+        mean of the discarded eigenvalues (``"mean"``, keeps the trace)."""
+        if self._handle is None:
+            raise DatasetError("dataset: no rows", 13)
+        r, e = _rank_args(rank, explained)
+        code = _residual_code(residual)
+        meta, _keep = _fit_meta(self.item_shape, value_space, source)
+        h = ctypes.c_void_p()
+        _lib.check(_fit_lib().gs_moments_fit(self._handle, r, e, code, ctypes.byref(meta), ctypes.byref(h)))
+        return _model_from_handle(h)
+
+    def to_bytes(self) -> bytes:
+        """The whole state as bytes (about 8 dim^2), for :meth:`from_bytes` anywhere."""
+        if self._handle is None:
+            raise DatasetError("dataset: no rows were added", 13)
+        return _export(_fit_lib().gs_moments_export, self._handle)
+
+    @classmethod
+    def from_bytes(cls, state: bytes, item_shape: Optional[Tuple[int, ...]] = None) -> "Moments":
+        """Moments from :meth:`to_bytes` (checked by the library); ``item_shape`` defaults to
+        (dim,)."""
+        lib = _fit_lib()
+        h = ctypes.c_void_p()
+        _lib.check(lib.gs_moments_import(state, len(state), ctypes.byref(h)))
+        m = cls()
+        m._handle = h
+        d = int(lib.gs_moments_dim(h))
+        m.item_shape = tuple(item_shape) if item_shape is not None else (d,)
+        if prod(m.item_shape) != d:
+            raise ShapeMismatchError(f"`item_shape` has the wrong size: expected {d} elements, got {item_shape}", 3)
+        return m
+
+    def __getstate__(self):
+        return {"item_shape": self.item_shape, "state": None if self._handle is None else self.to_bytes()}
+
+    def __setstate__(self, st):
+        self._handle, self.item_shape = None, None
+        if st["state"] is not None:
+            other = Moments.from_bytes(st["state"], st["item_shape"])
+            self._handle, self.item_shape = other._handle, other.item_shape
+            other._handle = None
+
+
+def _cuda_ordinal(device) -> Optional[int]:
+    """None for the CPU, the ordinal for "cuda", "cuda:N" or a torch device."""
+    if device is None:
+        return None
+    text = str(device)
+    if text == "cpu":
+        return None
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise InvalidArgumentError(f"invalid argument `device`: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}", 2)
+
+
+class Sketch:
+    """A streaming, mergeable low-rank sketch of the data's covariance (SPEC §6), in the
+    library: memory about 2 x dim x (rank + oversampling) float64, ``passes`` reads of the
+    data (1 for data that can be read only once; the default, 5, keeps the top eigenvalues
+    within 1 % on the test data). Each pass: ``update`` every batch, then ``next_pass``
+    (except after the last); then ``fit``.
+
+    ``device``: None computes on the CPU unless batches are CUDA tensors (then their device,
+    through cuBLAS); ``"cpu"`` always copies to the host; ``"cuda"`` / ``"cuda:N"`` uploads
+    host batches too. CUDA tensors are converted to float64 on their device.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        *,
+        oversampling: Optional[int] = None,
+        passes: Optional[int] = None,
+        seed: int = 0,
+        device=None,
+    ) -> None:
+        self._handle: Optional[ctypes.c_void_p] = None
+        self.item_shape: Optional[Tuple[int, ...]] = None
+        self._rank = int(rank)
+        self._oversampling = oversampling
+        self._passes = passes
+        self._seed = int(seed)
+        self._device = _cuda_ordinal(device)
+        self._force_cpu = device is not None and str(device) == "cpu"
+        self._on_cuda: Optional[int] = None
+        if self._rank < 1:
+            raise InvalidArgumentError(f"invalid argument `rank`: must be >= 1, got {rank}", 2)
+        if oversampling is not None and int(oversampling) < 1:
+            raise InvalidArgumentError(f"invalid argument `oversampling`: must be >= 1, got {oversampling}", 2)
+        if passes is not None and int(passes) < 1:
+            raise InvalidArgumentError(f"invalid argument `passes`: must be >= 1, got {passes}", 2)
+
+    def __del__(self):
+        h = getattr(self, "_handle", None)
+        if h is not None and _lib._lib is not None:
+            _lib._lib.gs_sketch_free(h)
+
+    def _create(self, item: Tuple[int, ...]) -> None:
+        lib = _fit_lib()
+        h = ctypes.c_void_p()
+        over = 0 if self._oversampling is None else int(self._oversampling)
+        passes = 0 if self._passes is None else int(self._passes)
+        _lib.check(lib.gs_sketch_create(prod(item), self._rank, over, passes, self._seed, ctypes.byref(h)))
+        self._handle, self.item_shape = h, item
+        if self._device is not None:
+            self._use_cuda(self._device)
+
+    def _use_cuda(self, ordinal: int) -> None:
+        _lib.check(_fit_lib().gs_sketch_use_cuda(self._handle, ordinal))
+        self._on_cuda = ordinal
+
+    def _info(self) -> _SketchInfo:
+        info = _SketchInfo()
+        if self._handle is not None:
+            _lib.check(_fit_lib().gs_sketch_get_info(self._handle, ctypes.byref(info)))
+        return info
+
+    @property
+    def dim(self) -> Optional[int]:
+        """Values per item (None before the first batch)."""
+        return None if self.item_shape is None else prod(self.item_shape)
+
+    @property
+    def passes(self) -> Optional[int]:
+        """Planned reads of the data (None before the first batch when left to the default)."""
+        if self._handle is None:
+            return self._passes
+        return int(self._info().passes)
+
+    @property
+    def pass_index(self) -> int:
+        """The pass in progress, 1-based."""
+        return 1 if self._handle is None else int(self._info().pass_)
+
+    @property
+    def count(self) -> int:
+        """Items added in the pass in progress."""
+        return int(self._info().count) if self._handle is not None else 0
+
+    @property
+    def width(self) -> Optional[int]:
+        """Columns of the sketch (rank + oversampling, at most dim)."""
+        return None if self._handle is None else int(self._info().width)
+
+    def update(self, batch) -> "Sketch":
+        """Adds a batch of rows, shape (n, *item), to the pass in progress. Returns self."""
+        rows = _Rows(batch, self.item_shape, device_ok=not self._force_cpu)
+        if rows.rows == 0:
+            return self
+        if self._handle is None:
+            self._create(rows.item)
+        lib = _fit_lib()
+        if rows.cuda is not None:
+            import torch
+
+            ordinal = rows.device.index if rows.device.index is not None else torch.cuda.current_device()
+            if self._on_cuda is None:
+                self._use_cuda(ordinal)
+            elif self._on_cuda != ordinal:
+                raise InvalidArgumentError(
+                    f"invalid argument `batch`: on cuda:{ordinal}, but the sketch computes on cuda:{self._on_cuda}", 2
+                )
+            stream = torch.cuda.current_stream(rows.device).cuda_stream
+            _lib.check(lib.gs_sketch_add_rows_cuda(self._handle, rows.cuda.data_ptr(), rows.rows, stream))
+            return self
+        rows.add_host(lib.gs_sketch_add_rows, lib.gs_sketch_add_rows_f64, self._handle)
+        return self
+
+    def merge(self, other: "Sketch") -> "Sketch":
+        """Adds what ``other`` saw in this pass (same plan, pass and test matrix: an
+        :meth:`empty_like` of this one, or a worker's :meth:`from_bytes` of its state)."""
+        if other is self:
+            raise InvalidArgumentError("invalid argument `other`: cannot merge a sketch into itself", 2)
+        if other._handle is None:
+            return self
+        if self._handle is None:
+            raise InvalidArgumentError("invalid argument `other`: this sketch has no plan yet (add a batch first)", 2)
+        if other.item_shape != self.item_shape:
+            raise ShapeMismatchError(
+                f"`other` has the wrong size: items of shape {other.item_shape}, these {self.item_shape}", 3
+            )
+        _lib.check(_fit_lib().gs_sketch_merge(self._handle, other._handle))
+        return self
+
+    def empty_like(self) -> "Sketch":
+        """An empty sketch of the same pass and test matrix (on the host), for a shard."""
+        if self._handle is None:
+            raise InvalidArgumentError("invalid argument `sketch`: add a batch first (the dimension is not known)", 2)
+        h = ctypes.c_void_p()
+        _lib.check(_fit_lib().gs_sketch_empty_like(self._handle, ctypes.byref(h)))
+        return self._wrap(h)
+
+    def _wrap(self, h) -> "Sketch":
+        s = Sketch.__new__(Sketch)
+        s._handle, s.item_shape = h, self.item_shape
+        s._rank, s._oversampling, s._passes, s._seed = self._rank, self._oversampling, self._passes, self._seed
+        s._device, s._force_cpu, s._on_cuda = None, False, None
+        return s
+
+    def next_pass(self) -> "Sketch":
+        """Ends the pass in progress; the next one must read the same items again."""
+        if self._handle is None:
+            raise DatasetError("dataset: no rows were added in this pass", 13)
+        _lib.check(_fit_lib().gs_sketch_next_pass(self._handle))
+        return self
+
+    def fit(
+        self,
+        rank: Optional[int] = None,
+        residual: str = "zero",
+        *,
+        explained: Optional[float] = None,
+        value_space: str = "",
+        source: str = "",
+    ) -> Model:
+        """The model after the last pass: ``rank`` modes (default: the planned rank) or the
+        fewest planned modes that carry ``explained`` of the variance; ``residual`` as for
+        :meth:`Moments.fit` (``"mean"`` uses the exactly streamed trace). The model's
+        metadata records the method, passes and a captured-variance estimate."""
+        if self._handle is None:
+            raise DatasetError("dataset: no rows", 13)
+        r, e = _rank_args(rank, explained)
+        code = _residual_code(residual)
+        meta, _keep = _fit_meta(self.item_shape, value_space, source)
+        h = ctypes.c_void_p()
+        _lib.check(_fit_lib().gs_sketch_fit(self._handle, r, e, code, ctypes.byref(meta), ctypes.byref(h)))
+        return _model_from_handle(h)
+
+    def to_bytes(self) -> bytes:
+        """The whole state as bytes (plan, pass, test matrix, sums, including those on a
+        device), for :meth:`from_bytes` in another process."""
+        if self._handle is None:
+            raise DatasetError("dataset: no rows were added", 13)
+        return _export(_fit_lib().gs_sketch_export, self._handle)
+
+    @classmethod
+    def from_bytes(cls, state: bytes, item_shape: Optional[Tuple[int, ...]] = None) -> "Sketch":
+        """A sketch (on the host) from :meth:`to_bytes` (checked by the library)."""
+        lib = _fit_lib()
+        h = ctypes.c_void_p()
+        _lib.check(lib.gs_sketch_import(state, len(state), ctypes.byref(h)))
+        info = _SketchInfo()
+        _lib.check(lib.gs_sketch_get_info(h, ctypes.byref(info)))
+        shape = tuple(item_shape) if item_shape is not None else (int(info.dim),)
+        if prod(shape) != info.dim:
+            lib.gs_sketch_free(h)
+            raise ShapeMismatchError(f"`item_shape` has the wrong size: expected {info.dim} elements, got {item_shape}", 3)
+        s = cls(int(info.rank), oversampling=int(info.width - info.rank) or None, passes=int(info.passes), seed=int(info.seed))
+        s._handle, s.item_shape = h, shape
+        return s
+
+    def __getstate__(self):
+        st = dict(self.__dict__)
+        st["_handle"] = None
+        st["_on_cuda"] = None
+        st["state"] = None if self._handle is None else self.to_bytes()
+        return st
+
+    def __setstate__(self, st):
+        state = st.pop("state")
+        self.__dict__.update(st)
+        if state is not None:
+            other = Sketch.from_bytes(state, st["item_shape"])
+            self._handle = other._handle
+            other._handle = None
+
+
+def _take_x(batch, key: Optional[str]):
+    """The data of a batch: the batch itself, the first element of an (x, y, ...) tuple or
+    list, or one entry of a dict (``key``, else the first of :data:`DICT_KEYS` present, else
+    the only entry)."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise InvalidArgumentError("invalid argument `data`: an empty tuple as a batch", 2)
+        return batch[0]
+    if isinstance(batch, dict):
+        if key is not None:
+            if key not in batch:
+                raise InvalidArgumentError(f"invalid argument `key`: the batch has no {key!r} (has {sorted(batch)})", 2)
+            return batch[key]
+        for k in DICT_KEYS:
+            if k in batch:
+                return batch[k]
+        if len(batch) == 1:
+            return next(iter(batch.values()))
+        raise InvalidArgumentError(
+            f"invalid argument `data`: batches are dicts with keys {sorted(batch)}; say which holds the data with key=",
+            2,
         )
-
-
-def _host(batch):
-    """A NumPy view of a batch (CPU or CUDA tensors are copied to the host in float64)."""
-    if hasattr(batch, "detach"):
-        return batch.detach().cpu().double().numpy()
     return batch
 
 
+def _choose(dim: int, method: Optional[str], rank: Optional[int]) -> str:
+    if method in ("exact", "sketch"):
+        if method == "sketch" and rank is None:
+            raise InvalidArgumentError("invalid argument `rank`: the sketch needs a rank", 2)
+        return method
+    if method is not None:
+        raise InvalidArgumentError(f"invalid argument `method`: expected 'exact', 'sketch' or None, got {method!r}", 2)
+    out = ctypes.c_uint32(0)
+    _lib.check(_fit_lib().gs_fit_choose_method(dim, 0 if rank is None else int(rank), ctypes.byref(out)))
+    return "sketch" if out.value == GS_FIT_SKETCH else "exact"
+
+
 def fit(
-    data: Union[np.ndarray, Iterable],
+    data: Union[np.ndarray, Iterable[Any]],
     rank: Optional[int] = None,
     residual: str = "zero",
     *,
+    method: Optional[str] = None,
+    explained: Optional[float] = None,
+    passes: Optional[int] = None,
+    oversampling: Optional[int] = None,
+    seed: int = 0,
+    device=None,
+    key: Optional[str] = None,
     value_space: str = "",
     source: str = "",
 ) -> Model:
-    """Fits a model to an array of rows (n, *item) or to an iterable of such batches
-    (NumPy arrays or CPU tensors), streaming: see :meth:`Moments.fit` for the options."""
-    m = Moments()
-    if isinstance(data, np.ndarray) or hasattr(data, "detach"):
-        m.update(_host(data))  # one array: rows along the first axis (not an iterable of rows)
-    else:
-        for batch in data:
-            m.update(_host(batch))
-    if m.count == 0:
+    """Fits a model to an array of rows (n, *item) or to batches: any iterable of arrays or
+    tensors, of ``(x, y)`` tuples (x is taken; labels are ignored) or of dicts (``key``, else
+    ``"x"``, ``"image"``, ``"pixel_values"``, ``"latents"``, ... or the only entry).
+
+    ``method``: ``"exact"`` (:class:`Moments`), ``"sketch"`` (:class:`Sketch`, needs ``rank``)
+    or None: the sketch when ``rank`` is given and the dim x dim matrices would not fit in
+    memory, else exact. The sketch reads the data ``passes`` times, so ``data`` must then be
+    re-iterable (an array, a list, a DataLoader), not a one-shot generator, unless
+    ``passes=1``. ``device`` as for :class:`Sketch`. Other options: see :meth:`Moments.fit`.
+    """
+    single = isinstance(data, np.ndarray) or _is_torch(data)
+    one_shot = not single and iter(data) is data
+    if method == "sketch" and one_shot and passes != 1:
+        raise InvalidArgumentError(
+            "invalid argument `data`: a one-shot iterator can be read only once, but the sketch reads the data "
+            "`passes` times; pass a list or DataLoader, or passes=1",
+            2,
+        )
+
+    def batches():
+        if single:
+            yield data
+        else:
+            for b in data:
+                yield _take_x(b, key)
+
+    acc: Union[Moments, Sketch, None] = None
+    for b in batches():
+        if acc is None:
+            shape = tuple(b.shape) if hasattr(b, "shape") else np.shape(b)
+            if len(shape) == 0:
+                raise ShapeMismatchError("`data` has the wrong size: expected batches of shape (n, *item)", 3)
+            chosen = _choose(prod(shape[1:]) if len(shape) > 1 else 1, method, rank)
+            if chosen == "sketch":
+                acc = Sketch(rank, oversampling=oversampling, passes=passes, seed=seed, device=device)
+            else:
+                acc = Moments()
+            acc.update(b)
+            if isinstance(acc, Sketch) and one_shot and acc.passes > 1:
+                raise InvalidArgumentError(
+                    "invalid argument `data`: the dim x dim matrices do not fit in memory, so the sketch was "
+                    "chosen, and it reads the data several times; pass a re-iterable (list, DataLoader) or passes=1",
+                    2,
+                )
+            continue
+        acc.update(b)
+    if acc is None or acc.count == 0:
         raise DatasetError("dataset: no rows", 13)
-    return m.fit(rank, residual, value_space=value_space, source=source)
+    if isinstance(acc, Sketch):
+        for _ in range(acc.passes - 1):
+            acc.next_pass()
+            for b in batches():
+                acc.update(b)
+    return acc.fit(rank, residual, explained=explained, value_space=value_space, source=source)

@@ -1,15 +1,13 @@
-//! `gaussskip fit`: stream a dataset into moments, eigendecompose, save a model file.
+//! `gaussskip fit`: stream a dataset into moments and eigendecompose, or into a low-rank
+//! sketch over one or more passes; save a model file.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gaussskip::fit::{
-    fit_model_with_spectrum, moments_from_path, FitOptions, InputOptions, Rank, Residual, Scale,
-};
-use gaussskip::{npy, Error, ModelMeta, Result};
+use gaussskip::fit::{fit_path, InputOptions, PathFitOptions, Rank, Residual, Scale};
+use gaussskip::{npy, Error, FitMethod, Result};
 
 use crate::num;
-use indicatif::ProgressBar;
 
 /// Arguments of `gaussskip fit`.
 #[derive(clap::Args, Debug)]
@@ -24,6 +22,24 @@ pub struct Args {
     /// Keep the top N eigenvectors (default: all of them).
     #[arg(long, conflicts_with = "explained")]
     rank: Option<usize>,
+    /// `exact` (eigendecomposition of the dim x dim covariance) or `sketch` (randomized
+    /// low-rank sketch, memory O(dim x rank), needs --rank). Default: exact, or the sketch when
+    /// --rank is given and the dim x dim matrices would not fit in memory.
+    #[arg(long, value_enum)]
+    method: Option<MethodArg>,
+    /// Reads of the data for the sketch: 1 for data that can be read only once (least
+    /// accurate), more for accuracy.
+    #[arg(long, default_value_t = gaussskip::fit::DEFAULT_PASSES)]
+    passes: u32,
+    /// Sketch columns beyond the rank (default: the rank itself, at least 10).
+    #[arg(long)]
+    oversampling: Option<usize>,
+    /// Seed of the sketch's random test matrix.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the sketch's products run: `cpu`, or `cuda` (device 0, through cuBLAS).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
     /// Keep the fewest top eigenvectors that explain this fraction of the variance, e.g. 0.99.
     #[arg(long)]
     explained: Option<f64>,
@@ -52,6 +68,18 @@ enum ResidualArg {
     Mean,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum MethodArg {
+    Exact,
+    Sketch,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
 /// Runs `gaussskip fit`.
 pub fn run(args: Args) -> Result<()> {
     let rank = match (args.rank, args.explained) {
@@ -68,66 +96,74 @@ pub fn run(args: Args) -> Result<()> {
             ));
         }
     }
+    let method = args.method.map(|m| match m {
+        MethodArg::Exact => FitMethod::Exact,
+        MethodArg::Sketch => FitMethod::Sketch,
+    });
+    if method == Some(FitMethod::Exact) && args.device == DeviceArg::Cuda {
+        return Err(Error::arg(
+            "device",
+            "the exact fit runs on the CPU; --device cuda applies to --method sketch",
+        ));
+    }
     let scale = args.scale.as_deref().map(str::parse::<Scale>).transpose()?;
-    let progress = !args.no_progress;
     let start = Instant::now();
-    let loaded = moments_from_path(
+    let fitted = fit_path(
         &args.input,
-        &InputOptions {
-            scale,
-            key: args.key,
-            progress,
-        },
-    )?;
-    let read_s = start.elapsed().as_secs_f64();
-    let m = &loaded.moments;
-
-    let spinner = if progress {
-        let pb = ProgressBar::new_spinner();
-        pb.set_message(format!("eigendecomposing a {0}x{0} covariance", m.dim()));
-        pb.enable_steady_tick(std::time::Duration::from_millis(200));
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
-    let eig_start = Instant::now();
-    let opts = FitOptions {
-        rank,
-        residual: match args.residual {
-            ResidualArg::Zero => Residual::Zero,
-            ResidualArg::Mean => Residual::Mean,
-        },
-        meta: ModelMeta {
-            item_shape: loaded.item_shape.clone(),
-            value_space: loaded.value_space.clone(),
-            sample_count: m.count(),
+        &PathFitOptions {
+            input: InputOptions {
+                scale,
+                key: args.key,
+                progress: !args.no_progress,
+            },
+            method,
+            rank,
+            residual: match args.residual {
+                ResidualArg::Zero => Residual::Zero,
+                ResidualArg::Mean => Residual::Mean,
+            },
+            passes: args.passes,
+            oversampling: args.oversampling,
+            seed: args.seed,
+            cuda_device: (args.device == DeviceArg::Cuda).then_some(0),
             source: args
                 .source
                 .unwrap_or_else(|| args.input.display().to_string()),
+            memory_budget: None,
         },
+    )?;
+    let model = &fitted.model;
+    let spectrum = &fitted.spectrum;
+    let meta = model.meta();
+    let info = meta.fit.as_ref().expect("fitted models record their fit");
+    let how = match fitted.method {
+        FitMethod::Exact => "exact eigendecomposition".to_string(),
+        FitMethod::Sketch => format!(
+            "low-rank sketch, {} pass{}, width {}{}",
+            info.passes,
+            if info.passes == 1 { "" } else { "es" },
+            info.sketch_width.unwrap_or(0),
+            info.captured_estimate.map_or(String::new(), |c| format!(
+                ", captured variance estimate {:.4}%",
+                100.0 * c
+            ))
+        ),
     };
-    let result = fit_model_with_spectrum(m, &opts);
-    spinner.finish_and_clear();
-    let (model, spectrum) = result?;
+    eprintln!("method: {} ({})", fitted.method.name(), fitted.reason);
     model.save(&args.output)?;
     let top = spectrum.eigvals.first().copied().unwrap_or(0.0);
-    let nonzero = spectrum.eigvals.iter().filter(|&&l| l > 0.0).count();
-    // One report, after the model is written: an error leaves only its own line.
     println!(
-        "wrote {}: {} items of shape {}, dim {}, rank {} of {} ({} nonzero), {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {} ({:.1} s reading, {:.1} s eigendecomposition)",
+        "wrote {}: {} items of shape {}, dim {}, rank {}, {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {}; {how} in {:.1} s",
         args.output.display(),
-        m.count(),
-        npy::show_shape(&loaded.item_shape),
+        meta.sample_count,
+        npy::show_shape(&meta.item_shape),
         model.dim(),
         model.rank(),
-        model.dim(),
-        nonzero,
         100.0 * spectrum.explained,
         num(top),
         num(spectrum.residual_var),
-        loaded.value_space,
-        read_s,
-        eig_start.elapsed().as_secs_f64()
+        meta.value_space,
+        start.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use gaussskip::{Error, Model, Noise, Result};
+use gaussskip::{Error, FitInfo, FitMethod, Model, Noise, Result};
 
 use crate::num;
 use serde_json::json;
@@ -138,6 +138,14 @@ fn json_report(args: &Args, model: &Model, s: &Summary) -> serde_json::Value {
         "sample_count": meta.sample_count,
         "source": meta.source,
         "residual_var": model.residual_var(),
+        "fit": meta.fit.as_ref().map(|f| json!({
+            "method": f.method.name(),
+            "passes": f.passes,
+            "sketch_width": f.sketch_width,
+            "seed": f.seed,
+            "explained": f.explained,
+            "captured_estimate": f.captured_estimate,
+        })),
         "eigval_max": eigvals[0],
         "eigval_min": eigvals[model.rank() - 1],
         "total_variance": s.total,
@@ -151,6 +159,38 @@ fn json_report(args: &Args, model: &Model, s: &Summary) -> serde_json::Value {
         "half_committed_modes_at": s.committed_at.iter()
             .map(|&(sigma, n)| json!({"edm_sigma": sigma, "modes": n})).collect::<Vec<_>>(),
     })
+}
+
+/// How the model was fitted, from the `fit_*` metadata.
+fn fit_lines(fit: Option<&FitInfo>, rank: usize) -> Vec<String> {
+    let Some(f) = fit else {
+        return vec!["  fit method            (not recorded)".into()];
+    };
+    let passes = format!("{} pass{}", f.passes, if f.passes == 1 { "" } else { "es" });
+    let mut out = vec![match f.method {
+        FitMethod::Exact => format!("  fit method            exact eigendecomposition ({passes})"),
+        FitMethod::Sketch => format!(
+            "  fit method            low-rank sketch, {passes}, width {}, seed {}",
+            f.sketch_width.map_or("?".into(), |w| w.to_string()),
+            f.seed.map_or("?".into(), |s| s.to_string())
+        ),
+    }];
+    out.push(format!(
+        "  variance kept         {} of the data's total variance",
+        percent(f.explained)
+    ));
+    match (f.method, f.captured_estimate) {
+        (FitMethod::Sketch, Some(c)) => out.push(format!(
+            "  captured (estimate)   {:.4}% of the top-{rank} variance (1 = converged)",
+            100.0 * c
+        )),
+        (FitMethod::Sketch, None) => out.push(
+            "  captured (estimate)   none from one pass (fit with --passes 2 or more for one)"
+                .into(),
+        ),
+        (FitMethod::Exact, _) => {}
+    }
+    out
 }
 
 fn text_report(args: &Args, model: &Model, s: &Summary) -> String {
@@ -203,6 +243,9 @@ fn text_report(args: &Args, model: &Model, s: &Summary) -> String {
         "  residual variance     {} (lambda_perp, {off})",
         num(model.residual_var())
     ));
+    for l in fit_lines(meta.fit.as_ref(), rank) {
+        line(l);
+    }
     line("spectrum".into());
     line(format!("  largest eigenvalue    {}", num(eigvals[0])));
     line(format!(
