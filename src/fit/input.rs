@@ -167,13 +167,39 @@ pub(super) fn stream(
     label: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
-    crate::pool::install(|| stream_in_pool(path, opts, label, sink))
+    crate::pool::install(|| stream_in_pool(path, opts, label, false, sink))
 }
 
+/// The values of a one-dimensional array (a `.npy` file, or the array `key` of a `.npz` or
+/// `.safetensors` file): e.g. one label per item. Arrays of `n x 1` are read as well.
+pub(super) fn flat_array(path: &Path, key: Option<&str>) -> Result<Vec<f64>> {
+    let opts = InputOptions {
+        scale: None,
+        key: key.map(str::to_string),
+        progress: false,
+    };
+    let mut values = Vec::new();
+    let mut sink = |chunk: &[f64], _dim: usize| -> Result<()> {
+        values.extend_from_slice(chunk);
+        Ok(())
+    };
+    let (shape, _) = stream_in_pool(path, &opts, "labels", true, &mut sink)?;
+    if shape.iter().product::<usize>() != 1 {
+        return Err(Error::Dataset(format!(
+            "{}: expected one value per item, got items of shape {}",
+            path.display(),
+            show_shape(&shape)
+        )));
+    }
+    Ok(values)
+}
+
+/// `flat`: a one-dimensional array is items of one value (for labels), not an error.
 fn stream_in_pool(
     path: &Path,
     opts: &InputOptions,
     label: &str,
+    flat: bool,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
@@ -191,10 +217,10 @@ fn stream_in_pool(
     match ext.as_str() {
         "npy" => {
             let reader = NpyReader::open(path)?;
-            from_array(path, opts, label, reader, sink)
+            from_array(path, opts, label, flat, reader, sink)
         }
-        "npz" => from_npz(path, opts, label, sink),
-        "safetensors" => from_safetensors(path, opts, label, sink),
+        "npz" => from_npz(path, opts, label, flat, sink),
+        "safetensors" => from_safetensors(path, opts, label, flat, sink),
         _ => Err(Error::arg(
             "input",
             format!(
@@ -228,7 +254,10 @@ fn bar(len: u64, what: &str, label: &str, show: bool) -> ProgressBar {
 }
 
 /// Splits an array shape into (items, item shape).
-fn split_shape(path: &Path, shape: &[usize]) -> Result<(usize, Vec<usize>, usize)> {
+fn split_shape(path: &Path, shape: &[usize], flat: bool) -> Result<(usize, Vec<usize>, usize)> {
+    if flat && shape.len() == 1 {
+        return split_shape(path, &[shape[0], 1], false);
+    }
     if shape.len() < 2 {
         return Err(Error::Dataset(format!(
             "{}: array of shape {} has no item axis; expected items x values (2 or more dims)",
@@ -257,10 +286,11 @@ fn from_array(
     path: &Path,
     opts: &InputOptions,
     label: &str,
+    flat: bool,
     mut source: NpyReader<impl Read>,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
-    let (items, item_shape, dim) = split_shape(path, source.shape())?;
+    let (items, item_shape, dim) = split_shape(path, source.shape(), flat)?;
     let rows_per_chunk = (CHUNK_VALUES / dim).max(1);
     let pb = bar(items as u64, "items", label, opts.progress);
     let mut buf = Vec::with_capacity(rows_per_chunk * dim);
@@ -296,6 +326,7 @@ fn from_npz(
     path: &Path,
     opts: &InputOptions,
     label: &str,
+    flat: bool,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -314,7 +345,7 @@ fn from_npz(
         .by_name(&entry)
         .map_err(|e| Error::format(&inner, format!("cannot open the array: {e}")))?;
     let npy = NpyReader::from_reader(reader, &inner)?;
-    from_array(&inner, opts, label, npy, sink)
+    from_array(&inner, opts, label, flat, npy, sink)
 }
 
 /// Chooses the array named by `key` (compared with `short` names), or the only one.
@@ -362,6 +393,7 @@ fn from_safetensors(
     path: &Path,
     opts: &InputOptions,
     label: &str,
+    flat: bool,
     sink: &mut Sink<'_>,
 ) -> Result<(Vec<usize>, String)> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -405,7 +437,7 @@ fn from_safetensors(
         info.shape.clone(),
         npy_dtype,
     );
-    from_array(&inner, opts, label, source, sink)
+    from_array(&inner, opts, label, flat, source, sink)
 }
 
 /// True for a CSV dataset: a file named `.csv`, `.csv.gz` or `.gz` (see [`read_csv`]).

@@ -17,6 +17,7 @@
 //! # Ok::<(), gaussskip::Error>(())
 //! ```
 
+mod classes;
 mod input;
 mod lowrank;
 mod path;
@@ -25,6 +26,7 @@ mod sketch;
 mod sketch_cuda;
 mod state;
 
+pub use classes::{classes_from_path, fit_classes, LabelSource, LoadedClasses, MIN_CLASS_ITEMS};
 pub use input::{
     csv_item_shape, is_csv, moments_from_path, read_csv, rows_from_path, CsvSink, InputOptions,
     Loaded, Rows, Scale,

@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use gaussskip::fit::{fit_path, InputOptions, PathFitOptions, Rank, Residual, Scale};
-use gaussskip::{npy, Error, FitMethod, Result};
+use gaussskip::fit::{
+    classes_from_path, fit_classes, fit_path, FitOptions, InputOptions, LabelSource,
+    PathFitOptions, Rank, Residual, Scale,
+};
+use gaussskip::{npy, Error, FitMethod, ModelMeta, Result};
 
 use crate::num;
 
@@ -14,7 +17,7 @@ use crate::num;
 pub struct Args {
     /// A folder of PNG/JPEG images (same shape, grey or RGB), a .npy or .npz array
     /// (items first), a .safetensors file, or a CSV like the bundled MNIST file (.csv or
-    /// .csv.gz: pixel values 0-255 then a label per line; the label is not used yet).
+    /// .csv.gz: pixel values 0-255 then a label per line).
     input: PathBuf,
     /// Where to write the model (safetensors; written atomically).
     #[arg(short, long, default_value = "model.safetensors")]
@@ -57,6 +60,12 @@ pub struct Args {
     /// Free text recorded as the model's source (default: the input path).
     #[arg(long)]
     source: Option<String>,
+    /// Fit one Gaussian per class (a model of one component per class). Without a value the
+    /// labels are the CSV's last column or the image folder's class subfolders; a value names
+    /// the label array of a .npz/.safetensors input (with --key for the data), or a .npy file
+    /// of one integer label per item. Exact fit only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto", value_name = "SOURCE")]
+    labels: Option<String>,
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
@@ -107,6 +116,15 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     let scale = args.scale.as_deref().map(str::parse::<Scale>).transpose()?;
+    if let Some(source) = &args.labels {
+        if method == Some(FitMethod::Sketch) || args.device == DeviceArg::Cuda {
+            return Err(Error::arg(
+                "labels",
+                "fitting by class uses the exact fit on the CPU (drop --method sketch / --device cuda)",
+            ));
+        }
+        return run_classes(&args, rank, scale, LabelSource::parse(Some(source)));
+    }
     let start = Instant::now();
     let fitted = fit_path(
         &args.input,
@@ -165,6 +183,56 @@ pub fn run(args: Args) -> Result<()> {
         start.elapsed().as_secs_f64(),
         fitted.method.name(),
         fitted.reason
+    );
+    Ok(())
+}
+
+/// `gaussskip fit --labels`: one exact fit per class, one report line once written.
+fn run_classes(args: &Args, rank: Rank, scale: Option<Scale>, labels: LabelSource) -> Result<()> {
+    let start = Instant::now();
+    let loaded = classes_from_path(
+        &args.input,
+        &InputOptions {
+            scale,
+            key: args.key.clone(),
+            progress: !args.no_progress,
+        },
+        &labels,
+    )?;
+    let opts = FitOptions {
+        rank,
+        residual: match args.residual {
+            ResidualArg::Zero => Residual::Zero,
+            ResidualArg::Mean => Residual::Mean,
+        },
+        meta: ModelMeta {
+            item_shape: loaded.item_shape.clone(),
+            value_space: loaded.value_space.clone(),
+            sample_count: 0,
+            source: args
+                .source
+                .clone()
+                .unwrap_or_else(|| args.input.display().to_string()),
+            fit: None,
+        },
+    };
+    let model = fit_classes(&loaded, &opts)?;
+    model.save(&args.output)?;
+    let ranks: Vec<usize> = (0..model.n_components())
+        .map(|k| model.component(k).map(|c| c.rank()))
+        .collect::<Result<_>>()?;
+    println!(
+        "wrote {}: {} items of shape {} in {} classes ({}), dim {}, ranks {}..{}, value space {}; exact fit per class in {:.1} s",
+        args.output.display(),
+        model.meta().sample_count,
+        npy::show_shape(&model.meta().item_shape),
+        model.n_components(),
+        model.labels().join(", "),
+        model.dim(),
+        ranks.iter().min().copied().unwrap_or(0),
+        ranks.iter().max().copied().unwrap_or(0),
+        model.meta().value_space,
+        start.elapsed().as_secs_f64()
     );
     Ok(())
 }

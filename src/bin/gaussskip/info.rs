@@ -138,6 +138,10 @@ fn json_report(args: &Args, model: &Model, s: &Summary) -> serde_json::Value {
         "sample_count": meta.sample_count,
         "source": meta.source,
         "residual_var": model.residual_var(),
+        "components": components(model).iter().map(|c| json!({
+            "label": c.label, "count": c.count, "rank": c.rank,
+            "eigval_max": c.top, "residual_var": c.residual_var,
+        })).collect::<Vec<_>>(),
         "fit": meta.fit.as_ref().map(|f| json!({
             "method": f.method.name(),
             "passes": f.passes,
@@ -193,6 +197,28 @@ fn fit_lines(fit: Option<&FitInfo>, rank: usize) -> Vec<String> {
     out
 }
 
+/// One line of the components table.
+struct ComponentLine {
+    label: String,
+    count: u64,
+    rank: usize,
+    top: f64,
+    residual_var: f64,
+}
+
+fn components(model: &Model) -> Vec<ComponentLine> {
+    (0..model.n_components())
+        .filter_map(|k| model.component(k).ok())
+        .map(|c| ComponentLine {
+            label: c.label().to_string(),
+            count: c.count(),
+            rank: c.rank(),
+            top: c.eigvals()[0],
+            residual_var: c.residual_var(),
+        })
+        .collect()
+}
+
 fn text_report(args: &Args, model: &Model, s: &Summary) -> String {
     let meta = model.meta();
     let eigvals = model.eigvals();
@@ -245,6 +271,22 @@ fn text_report(args: &Args, model: &Model, s: &Summary) -> String {
     ));
     for l in fit_lines(meta.fit.as_ref(), rank) {
         line(l);
+    }
+    if model.n_components() > 1 {
+        line(format!(
+            "components            {} (one Gaussian per class; the spectrum below is component 0's)",
+            model.n_components()
+        ));
+        for c in components(model) {
+            line(format!(
+                "  {:<21} {} items, rank {}, largest eigenvalue {}, residual variance {}",
+                c.label,
+                c.count,
+                c.rank,
+                num(c.top),
+                num(c.residual_var)
+            ));
+        }
     }
     line("spectrum".into());
     line(format!("  largest eigenvalue    {}", num(eigvals[0])));
