@@ -12,6 +12,8 @@
 //!    says whether the jump kept each sample's identity).
 //! 5. Write pictures: the final samples per k, and the "outline first, details later" strip.
 
+pub mod classes;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -277,6 +279,8 @@ pub struct Report {
     pub prepare_time: Duration,
     /// Time for all sampling runs.
     pub sample_time: Duration,
+    /// The class-conditional section, when the data has labels.
+    pub classes: Option<classes::ClassTable>,
 }
 
 impl Report {
@@ -438,9 +442,11 @@ pub fn run(opts: &Options) -> Result<Report> {
         .into_iter()
         .map(|e| (levels[0].sigma * e) as f32)
         .collect();
-    let total_nfe: usize = (0..=opts.max_skip)
-        .map(|k| run_nfe(opts.schedule, opts.steps, k))
-        .sum();
+    let nfe_of = |k| run_nfe(opts.schedule, opts.steps, k);
+    let mut total_nfe: usize = (0..=opts.max_skip).map(nfe_of).sum();
+    if !data.labels.is_empty() {
+        total_nfe += nfe_of(0) + 2 * (1..=opts.max_skip).map(nfe_of).sum::<usize>();
+    }
     let bar = if opts.progress {
         ProgressBar::new(total_nfe as u64)
     } else {
@@ -495,6 +501,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
         finals.push(x);
     }
+    bar.set_message("classes");
+    let class_table = classes::run(opts, &data, &model, &ctx, &levels, &noise, &ideal, &bar)?;
     bar.finish_and_clear();
     let sample_time = t1.elapsed();
 
@@ -516,13 +524,18 @@ pub fn run(opts: &Options) -> Result<Report> {
         no_pictures: None,
         prepare_time,
         sample_time,
+        classes: class_table,
     };
 
     fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let table_path = opts.out.join("table.txt");
+    let class_text = report
+        .classes
+        .as_ref()
+        .map_or(String::new(), |c| format!("\n{}", c.table()));
     write_atomic(
         &table_path,
-        format!("{}\n\n{}", report.summary(), report.table()).as_bytes(),
+        format!("{}\n\n{}{class_text}", report.summary(), report.table()).as_bytes(),
     )?;
     report.files.push(table_path);
 
@@ -547,6 +560,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     let path = opts.out.join("samples_by_k.png");
     write_grid(&path, &tile, &overview, per_row, &[])?;
     report.files.push(path);
+    if let Some(c) = &report.classes {
+        let overview: Vec<&[f32]> = c
+            .finals
+            .iter()
+            .flat_map(|x| x.chunks(d).take(per_row))
+            .collect();
+        let path = opts.out.join("classes_by_k.png");
+        write_grid(&path, &tile, &overview, per_row, &[])?;
+        report.files.push(path);
+    }
 
     // Outline strip: per sample, the Gaussian's x0-prediction along its exact path (top) and
     // the ideal model's x0-prediction along the true trajectory (bottom), at every level.

@@ -107,6 +107,16 @@ pub fn run(args: Args) -> gaussskip::Result<()> {
         "Each run starts from the same noise; k > 0 jumps over the first k steps with the\n\
          Gaussian's exact PF-ODE map and resumes the sampler at step k."
     );
+    if let Some(c) = &report.classes {
+        println!();
+        println!(
+            "Class-conditional sampling ({} classes, sample i of class i mod {}; the ideal model of each\n\
+             sample's class): jumping with one global Gaussian vs the Gaussian of each sample's class.",
+            c.labels.len(),
+            c.labels.len()
+        );
+        print!("{}", c.table());
+    }
     if let Some(why) = &report.no_pictures {
         println!("no pictures: {why}");
     }
@@ -123,6 +133,9 @@ pub fn run(args: Args) -> gaussskip::Result<()> {
             opts.max_skip, opts.batch
         );
         println!("  samples_by_k.png     one row per k: the first samples of each run");
+        if report.classes.is_some() {
+            println!("  classes_by_k.png     the same for the class-conditional runs (class Gaussian jumps)");
+        }
         println!(
             "  outline_first.png    per sample: the Gaussian's x0-prediction along its exact path (top)\n\
              \x20                      and the ideal model's along its trajectory (bottom), noisiest level first"
