@@ -824,8 +824,12 @@ fn cli_fit_with_the_sketch_and_info_shows_how() {
     ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("method: sketch (asked for)"), "{stderr}");
+    assert_eq!(stderr, "", "a successful fit prints only its report");
     let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("\nmethod: sketch (asked for)\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("low-rank sketch, 2 passes, width 10"),
         "{stdout}"
@@ -862,7 +866,7 @@ fn cli_fit_with_the_sketch_and_info_shows_how() {
         "--no-progress",
     ]);
     assert!(exact.status.success());
-    assert!(String::from_utf8_lossy(&exact.stderr).contains("method: exact (the exact fit"));
+    assert!(String::from_utf8_lossy(&exact.stdout).contains("method: exact (the exact fit"));
     let text =
         String::from_utf8_lossy(&gaussskip_cli(&["info", exact_out.to_str().unwrap()]).stdout)
             .to_string();

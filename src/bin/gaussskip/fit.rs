@@ -149,7 +149,6 @@ pub fn run(args: Args) -> Result<()> {
             ))
         ),
     };
-    eprintln!("method: {} ({})", fitted.method.name(), fitted.reason);
     model.save(&args.output)?;
     let top = spectrum.eigvals.first().copied().unwrap_or(0.0);
     println!(
@@ -165,5 +164,7 @@ pub fn run(args: Args) -> Result<()> {
         meta.value_space,
         start.elapsed().as_secs_f64()
     );
+    // Part of the report: printed once the file is written, like the line above.
+    println!("method: {} ({})", fitted.method.name(), fitted.reason);
     Ok(())
 }
