@@ -31,6 +31,7 @@ CUDA tensors and torch on the GPU (scikit-learn stays on the CPU).
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -63,13 +64,15 @@ def latents(n, shape, seed=0, chunk=256):
 
 
 def write_npy(path, n, shape):
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *shape))
+    partial = path.with_name(path.name + ".partial")
+    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, *shape))
     at = 0
     for batch in latents(n, shape):
         out[at : at + len(batch)] = batch
         at += len(batch)
     out.flush()
     del out
+    partial.rename(path)  # an interrupted write is never taken for the data
 
 
 def run_measured(cmd):
@@ -99,7 +102,13 @@ def scale(args):
     data = work / f"latents_{args.items}x{'x'.join(map(str, shape))}.npy"
     if not data.exists():
         t = time.perf_counter()
-        write_npy(data, args.items, shape)
+        # In a fresh interpreter: Linux starts a child's peak RSS (ru_maxrss) at the peak of
+        # the process it was spawned from, so this process must stay small.
+        writer = multiprocessing.get_context("spawn").Process(target=write_npy, args=(data, args.items, shape))
+        writer.start()
+        writer.join()
+        if writer.exitcode != 0:
+            sys.exit(f"writing {data} failed")
         print(f"wrote {data} ({data.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s")
     print(f"dim {dim}, {args.items} items streamed from {data.name}; machine: {os.cpu_count()} cores")
     print(f"{'rank':>5} {'width':>6} {'passes':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'16 d k':>9} {'RSS/16dk':>8}  captured est.")
@@ -107,8 +116,8 @@ def scale(args):
         model = work / f"sketch_r{rank}.safetensors"
         cmd = [str(exe), "fit", str(data), "-o", str(model), "--rank", str(rank), "--no-progress"]
         wall, cpu, peak, out, err = run_measured(cmd)
-        if "method: sketch" not in err:
-            sys.exit(f"expected the tool to choose the sketch:\n{err}")
+        if "method: sketch" not in out:
+            sys.exit(f"expected the tool to choose the sketch:\n{out}")
         info = json.loads(subprocess.run([str(exe), "info", str(model), "--json"], capture_output=True, text=True, check=True).stdout)
         fit = info["fit"]
         width = fit["sketch_width"]
