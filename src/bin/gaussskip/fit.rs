@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
     model.save(&args.output)?;
     let top = spectrum.eigvals.first().copied().unwrap_or(0.0);
     println!(
-        "wrote {}: {} items of shape {}, dim {}, rank {}, {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {}; {how} in {:.1} s",
+        "wrote {}: {} items of shape {}, dim {}, rank {}, {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {}; {how} in {:.1} s; method: {} ({})",
         args.output.display(),
         meta.sample_count,
         npy::show_shape(&meta.item_shape),
@@ -162,9 +162,9 @@ pub fn run(args: Args) -> Result<()> {
         num(top),
         num(spectrum.residual_var),
         meta.value_space,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        fitted.method.name(),
+        fitted.reason
     );
-    // Part of the report: printed once the file is written, like the line above.
-    println!("method: {} ({})", fitted.method.name(), fitted.reason);
     Ok(())
 }
