@@ -213,6 +213,8 @@ pub struct Sketch {
     pub(super) test_id: u64,
     pub(super) sums: PassSums,
     pub(super) first: Option<FirstPass>,
+    /// A batch in f64, kept between calls.
+    pub(super) scratch: Vec<f64>,
     #[cfg(feature = "cuda")]
     pub(super) device: Option<super::sketch_cuda::CudaSketch>,
 }
@@ -259,6 +261,7 @@ impl Sketch {
             test,
             sums: PassSums::new(dim, width),
             first: None,
+            scratch: Vec::new(),
             #[cfg(feature = "cuda")]
             device: None,
         })
@@ -301,6 +304,7 @@ impl Sketch {
             test_id: self.test_id,
             sums: PassSums::new(self.dim, self.width),
             first: self.first.clone(),
+            scratch: Vec::new(),
             #[cfg(feature = "cuda")]
             device: None,
         }
@@ -313,10 +317,9 @@ impl Sketch {
     /// (nothing is added then); on a device, `Cuda`/`OutOfMemory` from the device.
     pub fn add_rows(&mut self, rows: &[f32]) -> Result<()> {
         self.check_rows(rows)?;
-        for chunk in rows.chunks(self.batch_rows() * self.dim) {
-            self.add_batch(chunk.iter().map(|&v| f64::from(v)).collect())?;
-        }
-        Ok(())
+        self.add_converted(rows, |buf, chunk| {
+            buf.extend(chunk.iter().map(|&v| f64::from(v)))
+        })
     }
 
     /// Adds items given as row-major `items x dim` f64 values.
@@ -325,10 +328,24 @@ impl Sketch {
     /// As [`Sketch::add_rows`].
     pub fn add_rows_f64(&mut self, rows: &[f64]) -> Result<()> {
         self.check_rows(rows)?;
+        self.add_converted(rows, |buf, chunk| buf.extend_from_slice(chunk))
+    }
+
+    /// Copies each batch of `rows` into the reused f64 scratch (the batch is centred in
+    /// place) and adds it.
+    fn add_converted<T>(&mut self, rows: &[T], fill: impl Fn(&mut Vec<f64>, &[T])) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let mut result = Ok(());
         for chunk in rows.chunks(self.batch_rows() * self.dim) {
-            self.add_batch(chunk.to_vec())?;
+            buf.clear();
+            fill(&mut buf, chunk);
+            result = self.add_batch(&mut buf);
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        self.scratch = buf;
+        result
     }
 
     fn batch_rows(&self) -> usize {
@@ -346,12 +363,12 @@ impl Sketch {
         check_finite("rows", rows)
     }
 
-    fn add_batch(&mut self, mut batch: Vec<f64>) -> Result<()> {
+    fn add_batch(&mut self, batch: &mut [f64]) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let Some(dev) = &mut self.device {
-            return dev.add_host_rows(&batch);
+            return dev.add_host_rows(batch);
         }
-        self.sums.add_batch(self.test.as_ref(), &mut batch);
+        self.sums.add_batch(self.test.as_ref(), batch);
         Ok(())
     }
 
