@@ -994,6 +994,25 @@ gs_status gs_model_from_components(const gs_model *const *parts,
                                    size_t k,
                                    gs_model **out);
 
+/*
+ Fits one component per class, component `i` from the moments `classes[i]` of the items
+ labelled `labels[i]` (distinct, non-empty UTF-8 text when `k > 1`), each exactly as
+ `gs_moments_fit` with `rank`, `explained`, `residual` and `meta`. A class of fewer than 2
+ items is `GS_ERR_DATASET` naming it.
+
+ # Safety
+ `classes` and `labels` hold `k` live accumulators and NUL-terminated strings; `meta` is
+ NULL or as for `gs_moments_fit`; `out` is writable.
+ */
+gs_status gs_moments_fit_classes(const gs_moments *const *classes,
+                                 const char *const *labels,
+                                 size_t k,
+                                 size_t rank,
+                                 double explained,
+                                 uint32_t residual,
+                                 const gs_fit_meta *meta,
+                                 gs_model **out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

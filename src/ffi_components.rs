@@ -10,10 +10,11 @@ use std::ffi::{c_char, c_void};
 
 use crate::error::Error;
 use crate::ffi::{
-    c_str, gs_context, gs_model, gs_noise, gs_status, guard, level_table, non_null,
+    c_str, gs_context, gs_model, gs_moments, gs_noise, gs_status, guard, level_table, non_null,
     run_op_components, slice, write_out,
 };
-use crate::ffi_fit::{check_len, export};
+use crate::ffi_fit::{check_len, export, gs_fit_meta, meta_of, rank_of, residual_of};
+use crate::fit::{fit_class_moments, FitOptions, Rank};
 use crate::model::{Model, ModelMeta};
 use crate::noise::{Levels, Op};
 
@@ -328,6 +329,62 @@ pub unsafe extern "C" fn gs_model_from_components(
         }
         let model = Model::from_components(models, meta)?;
         write_out(out, gs_model::new(model));
+        Ok(())
+    })
+}
+
+/// Fits one component per class, component `i` from the moments `classes[i]` of the items
+/// labelled `labels[i]` (distinct, non-empty UTF-8 text when `k > 1`), each exactly as
+/// `gs_moments_fit` with `rank`, `explained`, `residual` and `meta`. A class of fewer than 2
+/// items is `GS_ERR_DATASET` naming it.
+///
+/// # Safety
+/// `classes` and `labels` hold `k` live accumulators and NUL-terminated strings; `meta` is
+/// NULL or as for `gs_moments_fit`; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn gs_moments_fit_classes(
+    classes: *const *const gs_moments,
+    labels: *const *const c_char,
+    k: usize,
+    rank: usize,
+    explained: f64,
+    residual: u32,
+    meta: *const gs_fit_meta,
+    out: *mut *mut gs_model,
+) -> gs_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(Error::NullPointer { arg: "out" });
+        }
+        if k == 0 || k > crate::model::MAX_COMPONENTS {
+            return Err(Error::arg(
+                "k",
+                format!(
+                    "needs 1..={} classes, got {k}",
+                    crate::model::MAX_COMPONENTS
+                ),
+            ));
+        }
+        let moments = slice(classes, k, "classes")?;
+        let texts = slice(labels, k, "labels")?;
+        let mut pairs = Vec::with_capacity(k);
+        for (&m, &l) in moments.iter().zip(texts) {
+            pairs.push((c_str(l, "labels")?, &non_null(m, "classes")?.inner));
+        }
+        let dim = pairs[0].1.dim();
+        if let Some(i) = pairs.iter().position(|(_, m)| m.dim() != dim) {
+            return Err(Error::shape(
+                "classes",
+                format!("every class of dim {dim}"),
+                format!("classes[{i}] of dim {}", pairs[i].1.dim()),
+            ));
+        }
+        let opts = FitOptions {
+            rank: rank_of(rank, explained, Rank::Full)?,
+            residual: residual_of(residual)?,
+            meta: meta_of(meta, dim)?,
+        };
+        write_out(out, gs_model::new(fit_class_moments(&pairs, &opts)?));
         Ok(())
     })
 }

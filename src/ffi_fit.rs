@@ -77,7 +77,7 @@ fn mut_ref<'a, T>(p: *mut T, arg: &'static str) -> Result<&'a mut T, Error> {
     unsafe { p.as_mut() }.ok_or(Error::NullPointer { arg })
 }
 
-fn residual_of(code: u32) -> Result<Residual, Error> {
+pub(crate) fn residual_of(code: u32) -> Result<Residual, Error> {
     match code {
         GS_RESIDUAL_ZERO => Ok(Residual::Zero),
         GS_RESIDUAL_MEAN => Ok(Residual::Mean),
@@ -89,7 +89,7 @@ fn residual_of(code: u32) -> Result<Residual, Error> {
 }
 
 /// `rank` (0 = `zero_rank`) or, with rank 0, the fraction `explained` in (0, 1].
-fn rank_of(rank: usize, explained: f64, zero_rank: Rank) -> Result<Rank, Error> {
+pub(crate) fn rank_of(rank: usize, explained: f64, zero_rank: Rank) -> Result<Rank, Error> {
     match (rank, explained == 0.0) {
         (0, true) => Ok(zero_rank),
         (0, false) => Ok(Rank::Explained(explained)),
@@ -102,7 +102,7 @@ fn rank_of(rank: usize, explained: f64, zero_rank: Rank) -> Result<Rank, Error> 
 }
 
 /// Metadata from C for `dim`-vectors (a NULL `meta` is all unknown).
-fn meta_of(meta: *const gs_fit_meta, dim: usize) -> Result<ModelMeta, Error> {
+pub(crate) fn meta_of(meta: *const gs_fit_meta, dim: usize) -> Result<ModelMeta, Error> {
     // SAFETY: a non-NULL meta points to a gs_fit_meta (caller's contract).
     let Some(m) = (unsafe { meta.as_ref() }) else {
         return Ok(ModelMeta::default());

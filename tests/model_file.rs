@@ -138,6 +138,7 @@ fn good_meta() -> Meta {
         ("value_space", "[-1,1]".into()),
         ("sample_count", "12345678901".into()),
         ("source", "hand-built".into()),
+        ("components", r#"[{"count":12345678901,"label":""}]"#.into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -429,12 +430,17 @@ fn hand_built_files_load_including_f64_tensors() {
     let m64 = Model::load(&path).unwrap();
     assert_eq!(m64.mean(), model.mean());
     assert_eq!(m64.eigvecs(), model.eigvecs());
-    // Metadata beyond format and version is optional.
-    let minimal: Meta = good_meta()
+    // Metadata beyond format, version and (from version 2) the components is optional.
+    let mut minimal: Meta = good_meta()
         .into_iter()
         .filter(|(k, _)| k.starts_with("format"))
         .collect();
+    minimal.insert("components".into(), r#"[{"label":"","count":0}]"#.into());
     let path = dir.join("minimal.safetensors");
+    fs::write(&path, bytes_of(&good_tensors(), Some(minimal.clone()))).unwrap();
+    assert_eq!(Model::load(&path).unwrap().meta(), &ModelMeta::default());
+    minimal.remove("components");
+    minimal.insert("format_version".into(), "1".into());
     fs::write(&path, bytes_of(&good_tensors(), Some(minimal))).unwrap();
     assert_eq!(Model::load(&path).unwrap().meta(), &ModelMeta::default());
 }
@@ -678,8 +684,8 @@ fn wrong_content_gives_its_own_error() {
         (
             "future version",
             good_tensors(),
-            meta_with("format_version", Some("2")),
-            "format_version \"2\" is not supported",
+            meta_with("format_version", Some("3")),
+            "format_version \"3\" is not supported",
         ),
         (
             "version missing",

@@ -202,21 +202,33 @@ fn label_values(path: &Path, opts: &InputOptions, labels: &LabelSource) -> Resul
 /// Fits one component per class (each as `fit_model` with `opts`) and joins them, labelled.
 ///
 /// # Errors
-/// `Dataset` naming a class with fewer than [`MIN_CLASS_ITEMS`] items; the errors of
-/// `fit_model`, prefixed with the class.
+/// As [`fit_class_moments`].
 pub fn fit_classes(loaded: &LoadedClasses, opts: &FitOptions) -> Result<Model> {
-    if let Some((label, m)) = loaded
+    let classes: Vec<(&str, &Moments)> = loaded
         .classes
         .iter()
-        .find(|(_, m)| m.count() < MIN_CLASS_ITEMS)
-    {
+        .map(|(l, m)| (l.as_str(), m))
+        .collect();
+    fit_class_moments(&classes, opts)
+}
+
+/// Fits one component per `(label, moments)` and joins them in that order.
+///
+/// # Errors
+/// `Dataset` naming a class with fewer than [`MIN_CLASS_ITEMS`] items; `InvalidArgument` for
+/// no classes or labels that are not distinct; the errors of `fit_model`, naming the class.
+pub fn fit_class_moments(classes: &[(&str, &Moments)], opts: &FitOptions) -> Result<Model> {
+    if classes.is_empty() {
+        return Err(Error::arg("classes", "needs at least one class"));
+    }
+    if let Some((label, m)) = classes.iter().find(|(_, m)| m.count() < MIN_CLASS_ITEMS) {
         return Err(Error::Dataset(format!(
             "class {label:?} has {} item(s); every class needs at least {MIN_CLASS_ITEMS} to estimate its covariance (drop or merge it)",
             m.count()
         )));
     }
-    let mut parts = Vec::with_capacity(loaded.classes.len());
-    for (label, moments) in &loaded.classes {
+    let mut parts = Vec::with_capacity(classes.len());
+    for (label, moments) in classes {
         let model = fit_model(moments, opts).map_err(|e| match e {
             Error::InvalidArgument { arg, reason } => Error::InvalidArgument {
                 arg,
@@ -224,7 +236,7 @@ pub fn fit_classes(loaded: &LoadedClasses, opts: &FitOptions) -> Result<Model> {
             },
             e => e,
         })?;
-        parts.push(model.with_label(label.clone()));
+        parts.push(model.with_label(*label));
     }
     let meta = ModelMeta {
         sample_count: 0,

@@ -26,7 +26,9 @@ mod sketch;
 mod sketch_cuda;
 mod state;
 
-pub use classes::{classes_from_path, fit_classes, LabelSource, LoadedClasses, MIN_CLASS_ITEMS};
+pub use classes::{
+    classes_from_path, fit_class_moments, fit_classes, LabelSource, LoadedClasses, MIN_CLASS_ITEMS,
+};
 pub use input::{
     csv_item_shape, is_csv, moments_from_path, read_csv, rows_from_path, CsvSink, InputOptions,
     Loaded, Rows, Scale,

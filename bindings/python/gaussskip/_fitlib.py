@@ -73,6 +73,10 @@ def _fit_lib() -> ctypes.CDLL:
         "gs_moments_export": (u32, [vp, vp, sz, szp]),
         "gs_moments_import": (u32, [vp, sz, c.POINTER(vp)]),
         "gs_moments_fit": (u32, [vp, sz, c.c_double, u32, meta_p, c.POINTER(vp)]),
+        "gs_moments_fit_classes": (
+            u32,
+            [c.POINTER(vp), c.POINTER(c.c_char_p), sz, sz, c.c_double, u32, meta_p, c.POINTER(vp)],
+        ),
         "gs_sketch_create": (u32, [sz, sz, sz, u32, u64, c.POINTER(vp)]),
         "gs_sketch_free": (None, [vp]),
         "gs_sketch_add_rows": (u32, [vp, f32p, sz]),

@@ -462,10 +462,18 @@ def fit(
     key: Optional[str] = None,
     value_space: str = "",
     source: str = "",
+    labels: Any = None,
 ) -> Model:
     """Fits a model to an array of rows (n, *item) or to batches: any iterable of arrays or
-    tensors, of ``(x, y)`` tuples (x is taken; labels are ignored) or of dicts (``key``, else
-    ``"x"``, ``"image"``, ``"pixel_values"``, ``"latents"``, ... or the only entry).
+    tensors, of ``(x, y)`` tuples (x is taken; y are the labels when ``labels=True``) or of
+    dicts (``key``, else ``"x"``, ``"image"``, ``"pixel_values"``, ``"latents"``, ... or the
+    only entry; labels under ``"label"``, ``"labels"``, ``"y"`` or ``"class_labels"``).
+
+    ``labels``: fit one Gaussian per class and return a model of one component per class
+    (see :meth:`Model.component`): an array or tensor of one label per row of ``data`` (an
+    array), or ``True`` to take them from the batches. Classes are sorted (as numbers when
+    every label is an integer); a class of fewer than 2 items is refused by name. Exact fit
+    only.
 
     ``method``: ``"exact"`` (:class:`Moments`), ``"sketch"`` (:class:`Sketch`, needs ``rank``)
     or None: the sketch when ``rank`` is given and the dim x dim matrices would not fit in
@@ -474,6 +482,10 @@ def fit(
     ``passes=1``. ``device`` as for :class:`Sketch`. Other options: see :meth:`Moments.fit`.
     """
     single = isinstance(data, np.ndarray) or _is_torch(data)
+    if labels is not None and labels is not False:
+        if method == "sketch":
+            raise InvalidArgumentError("invalid argument `method`: fitting by class uses the exact fit", 2)
+        return _fit_classes(data, labels, single, key, rank, residual, explained, value_space, source)
     one_shot = not single and iter(data) is data
     if method == "sketch" and one_shot and passes != 1:
         raise InvalidArgumentError(
@@ -517,3 +529,67 @@ def fit(
             for b in batches():
                 acc.update(b)
     return acc.fit(rank, residual, explained=explained, value_space=value_space, source=source)
+
+
+LABEL_KEYS = ("label", "labels", "y", "class_labels", "targets")
+
+
+def _take_labels(batch) -> Any:
+    """The labels of a batch: the second element of an (x, y, ...) tuple, or a dict entry."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[1]
+    if isinstance(batch, dict):
+        for k in LABEL_KEYS:
+            if k in batch:
+                return batch[k]
+    raise InvalidArgumentError(
+        "invalid argument `labels`: labels=True takes them from (x, y) batches or dicts with one of "
+        f"{list(LABEL_KEYS)}; pass an array of labels for array data",
+        2,
+    )
+
+
+def _fit_classes(data, labels, single, key, rank, residual, explained, value_space, source) -> Model:
+    """One Moments per class, fitted and joined by the library (gs_moments_fit_classes)."""
+    if single:
+        if labels is True:
+            raise InvalidArgumentError("invalid argument `labels`: for array data pass the labels themselves", 2)
+        pairs = [(data, labels)]
+    elif labels is True:
+        pairs = ((_take_x(b, key), _take_labels(b)) for b in data)
+    else:
+        raise InvalidArgumentError("invalid argument `labels`: with batches, use labels=True ((x, y) batches)", 2)
+    classes: dict = {}
+    for x, y in pairs:
+        if _is_torch(y):
+            y = y.detach().cpu().numpy()
+        y = np.asarray(y).reshape(-1)
+        n = int(x.shape[0]) if hasattr(x, "shape") else len(x)
+        if y.size != n:
+            raise ShapeMismatchError(f"`labels` has the wrong size: expected {n} (one per row), got {y.size}", 3)
+        if _is_torch(x):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        for label in np.unique(y):
+            rows = x[y == label]
+            classes.setdefault(label.item() if hasattr(label, "item") else label, Moments()).update(rows)
+    if not classes:
+        raise DatasetError("dataset: no rows", 13)
+    names = list(classes)
+    if all(isinstance(v, (int, np.integer)) for v in names):
+        names.sort()
+    else:
+        names = sorted(names, key=str)
+    accs = [classes[k] for k in names]
+    item = accs[0].item_shape
+    r, e = _rank_args(rank, explained)
+    meta, _keep = _fit_meta(item, value_space, source)
+    handles = (ctypes.c_void_p * len(accs))(*[a._handle.value if hasattr(a._handle, "value") else a._handle for a in accs])
+    texts = (ctypes.c_char_p * len(names))(*[str(v).encode("utf-8") for v in names])
+    h = ctypes.c_void_p()
+    _lib.check(
+        _fit_lib().gs_moments_fit_classes(
+            handles, texts, len(accs), r, e, _residual_code(residual), ctypes.byref(meta), ctypes.byref(h)
+        )
+    )
+    return _model_from_handle(h)

@@ -108,3 +108,25 @@ def test_torch_tensors_and_gradients_follow_the_components(three):
         lin = model.component(c)._linear_part()
         g = lin.skip(np.ones((1, 12), np.float32), 15.0, 1.5)[0]
         np.testing.assert_allclose(x.grad[i].numpy(), g, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_by_label_gives_one_component_per_class():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.standard_normal((30, 6)) + 3 * c for c in (0, 1, 2)])
+    y = np.repeat([5, 1, 3], 30)
+    model = gs.fit(x, labels=y)
+    assert model.n_components == 3 and model.labels == ["1", "3", "5"] and model.counts == [30, 30, 30]
+    for label in (1, 3, 5):
+        alone = gs.fit(x[y == label])
+        part = model.component(str(label))
+        np.testing.assert_allclose(part.eigvals, alone.eigvals, rtol=1e-9)
+        np.testing.assert_allclose(part.mean, alone.mean, rtol=1e-6, atol=1e-6)
+    # (x, y) batches, the way a DataLoader yields them, give the same model.
+    batches = [(x[i : i + 20], y[i : i + 20]) for i in range(0, 90, 20)]
+    again = gs.fit(batches, labels=True)
+    assert again.labels == model.labels
+    np.testing.assert_allclose(again.component(1).eigvals, model.component(1).eigvals, rtol=1e-9)
+    with pytest.raises(gs.DatasetError, match='class "9" has 1 item'):
+        gs.fit(np.concatenate([x, x[:1]]), labels=np.concatenate([y, [9]]))
+    with pytest.raises(gs.ShapeMismatchError, match="one per row"):
+        gs.fit(x, labels=y[:10])
