@@ -190,7 +190,8 @@ impl Context {
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Backend::Cuda(b) => b.prepare(model, batch, slabs, stream),
+            Backend::Cuda(b) => (0..model.n_components())
+                .try_for_each(|k| b.prepare(model.part(k), batch, slabs, stream)),
         }
     }
 
@@ -208,7 +209,9 @@ impl Context {
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Backend::Cuda(b) => b.release_model(model),
+            Backend::Cuda(b) => {
+                (0..model.n_components()).try_for_each(|k| b.release_model(model.part(k)))
+            }
         }
     }
 
@@ -308,6 +311,24 @@ impl Context {
         x: &[T],
         out: &mut [T],
     ) -> Result<()> {
+        self.apply_components(model, op, x, out, None)
+    }
+
+    /// [`Context::apply`] with the model's component `components[i]` for row `i` (`None`:
+    /// component 0 for every row). Rows are grouped by component and each group runs as one
+    /// call (on the CPU one GEMM pair per group); a batch of one component is one call.
+    ///
+    /// # Errors
+    /// As [`Context::apply`], plus `ShapeMismatch` when `components` does not hold one index
+    /// per row and `InvalidArgument` for an index out of range. `out` is untouched on error.
+    pub fn apply_components<T: Element>(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        x: &[T],
+        out: &mut [T],
+        components: Option<&[u32]>,
+    ) -> Result<()> {
         let d = model.dim();
         if x.len() % d != 0 || x.is_empty() {
             return Err(Error::shape(
@@ -325,6 +346,28 @@ impl Context {
                 out.len(),
             ));
         }
+        match crate::rows::check(model, components, batch)? {
+            Some(c) => self.apply_one(model.part(c), op, x, out, batch),
+            None => crate::rows::run_grouped(
+                model,
+                op,
+                components.expect("mixed rows have components"),
+                x,
+                out,
+                |part, op, gx, gout| self.apply_one(part, op, gx, gout, gx.len() / part.dim()),
+            ),
+        }
+    }
+
+    /// One component's call on checked buffers.
+    fn apply_one<T: Element>(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        x: &[T],
+        out: &mut [T],
+        batch: usize,
+    ) -> Result<()> {
         match &self.backend {
             Backend::Cpu => {
                 let plan = op.plan(model.eigvals(), model.residual_var(), batch)?;
@@ -474,33 +517,79 @@ impl Context {
         batch: usize,
         stream: *mut c_void,
     ) -> Result<()> {
+        self.apply_raw_components(model, op, dtype, x, out, batch, stream, None)
+    }
+
+    /// [`Context::apply_raw`] with component `components[i]` for row `i` (`None`: component 0
+    /// for every row), as [`Context::apply_components`]. `components` is host memory on
+    /// every context. On a CUDA context a batch whose rows all use one component is the same
+    /// two launches (capturable); mixed rows are grouped on the device by one launch pair
+    /// over all groups, with a per-call table that cannot be captured.
+    ///
+    /// # Errors
+    /// As [`Context::apply_raw`] and [`Context::apply_components`].
+    ///
+    /// # Safety
+    /// As [`Context::apply_raw`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn apply_raw_components(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        stream: *mut c_void,
+        components: Option<&[u32]>,
+    ) -> Result<()> {
         let (n_in, n_out) = check_raw(model, &op, dtype, x, out, batch)?;
+        let uniform = crate::rows::check(model, components, batch)?;
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(b) = &self.backend {
-            op.check(model.eigvals(), model.residual_var(), batch)?;
-            // SAFETY: the caller guarantees device buffers of the stated sizes and a live
-            // stream; the backend checks what the driver can (pointer kind, allocation size).
-            return unsafe { b.apply_device(model, op, dtype, x, out, batch, stream) };
+            return match uniform {
+                Some(c) => {
+                    let part = model.part(c);
+                    op.check(part.eigvals(), part.residual_var(), batch)?;
+                    // SAFETY: the caller guarantees device buffers of the stated sizes and a
+                    // live stream; the backend checks what the driver can (pointer kind,
+                    // allocation size).
+                    unsafe { b.apply_device(part, op, dtype, x, out, batch, stream) }
+                }
+                None => {
+                    let components = components.expect("mixed rows have components");
+                    for k in 0..model.n_components() {
+                        if components.contains(&(k as u32)) {
+                            let part = model.part(k);
+                            op.check(part.eigvals(), part.residual_var(), batch)?;
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        b.apply_device_grouped(model, op, dtype, x, out, batch, stream, components)
+                    }
+                }
+            };
         }
-        let _ = stream;
+        let _ = (stream, uniform);
         // SAFETY: the caller guarantees the sizes above; the buffers do not overlap.
         unsafe fn run<T: Element>(
             ctx: &Context,
             model: &Model,
             op: Op<'_>,
-            x: *const c_void,
-            out: *mut c_void,
-            n_in: usize,
-            n_out: usize,
+            (x, out): (*const c_void, *mut c_void),
+            (n_in, n_out): (usize, usize),
+            components: Option<&[u32]>,
         ) -> Result<()> {
             let x = std::slice::from_raw_parts(x as *const T, n_in);
             let out = std::slice::from_raw_parts_mut(out as *mut T, n_out);
-            ctx.apply(model, op, x, out)
+            ctx.apply_components(model, op, x, out, components)
         }
+        let (bufs, lens) = ((x, out), (n_in, n_out));
         match dtype {
-            Dtype::F32 => run::<f32>(self, model, op, x, out, n_in, n_out),
-            Dtype::F16 => run::<f16>(self, model, op, x, out, n_in, n_out),
-            Dtype::BF16 => run::<bf16>(self, model, op, x, out, n_in, n_out),
+            Dtype::F32 => run::<f32>(self, model, op, bufs, lens, components),
+            Dtype::F16 => run::<f16>(self, model, op, bufs, lens, components),
+            Dtype::BF16 => run::<bf16>(self, model, op, bufs, lens, components),
         }
     }
 }

@@ -125,6 +125,20 @@ pub(crate) fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>
     Ok(v)
 }
 
+/// A copy of `values`, or `OutOfMemory` naming `what`.
+pub(crate) fn try_copy<T: Clone>(values: &[T], what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(values.len()).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "{what}: {} elements of {} bytes",
+            values.len(),
+            std::mem::size_of::<T>()
+        ))
+    })?;
+    v.extend_from_slice(values);
+    Ok(v)
+}
+
 /// Returns `NonFinite` for the first NaN/Inf in `values`.
 pub(crate) fn check_finite<T: Copy + Into<f64>>(arg: &'static str, values: &[T]) -> Result<()> {
     match values.iter().position(|&v| !v.into().is_finite()) {

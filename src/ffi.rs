@@ -538,13 +538,45 @@ unsafe fn run_op<'a>(
     stream: *mut c_void,
     op: impl FnOnce() -> Result<Op<'a>, Error>,
 ) -> gs_status {
+    run_op_components(
+        ctx,
+        model,
+        dtype,
+        (x, out),
+        batch,
+        slabs,
+        stream,
+        std::ptr::null(),
+        op,
+    )
+}
+
+/// [`run_op`] with one component index per row (`component[batch]` in host memory; NULL:
+/// component 0 for every row).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_op_components<'a>(
+    ctx: *mut gs_context,
+    model: *const gs_model,
+    dtype: u32,
+    (x, out): (*const c_void, *mut c_void),
+    batch: usize,
+    slabs: usize,
+    stream: *mut c_void,
+    component: *const u32,
+    op: impl FnOnce() -> Result<Op<'a>, Error>,
+) -> gs_status {
     guard(|| {
         let ctx = &non_null(ctx as *const gs_context, "ctx")?.inner;
         let model = &non_null(model, "model")?.inner;
         let dtype = Dtype::from_u32(dtype)
             .ok_or_else(|| Error::UnsupportedDtype(format!("{dtype} is not a GS_DTYPE_* code")))?;
         crate::context::buffer_len(model, dtype, batch, slabs)?;
-        ctx.apply_raw(model, op()?, dtype, x, out, batch, stream)
+        let components = if component.is_null() {
+            None
+        } else {
+            Some(slice(component, batch, "component")?)
+        };
+        ctx.apply_raw_components(model, op()?, dtype, x, out, batch, stream, components)
     })
 }
 
@@ -555,7 +587,7 @@ const _: () = assert!(
 );
 
 /// A C table of `len` levels, borrowed for the call.
-fn level_table<'a>(
+pub(crate) fn level_table<'a>(
     p: *const gs_noise,
     len: usize,
     arg: &'static str,

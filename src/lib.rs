@@ -32,6 +32,7 @@ pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+pub mod ffi_components;
 pub mod ffi_fit;
 pub mod fit;
 pub mod ideal;
@@ -41,6 +42,7 @@ pub mod npy;
 mod pool;
 pub mod reference;
 pub mod rng;
+mod rows;
 mod safetensors_header;
 pub mod sampler;
 

@@ -824,8 +824,8 @@ fn cli_fit_with_the_sketch_and_info_shows_how() {
     ]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("method: sketch (asked for)"), "{stderr}");
     let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("method: sketch (asked for)"), "{stdout}");
     assert!(
         stdout.contains("low-rank sketch, 2 passes, width 10"),
         "{stdout}"
@@ -862,7 +862,7 @@ fn cli_fit_with_the_sketch_and_info_shows_how() {
         "--no-progress",
     ]);
     assert!(exact.status.success());
-    assert!(String::from_utf8_lossy(&exact.stderr).contains("method: exact (the exact fit"));
+    assert!(String::from_utf8_lossy(&exact.stdout).contains("method: exact (the exact fit"));
     let text =
         String::from_utf8_lossy(&gaussskip_cli(&["info", exact_out.to_str().unwrap()]).stdout)
             .to_string();

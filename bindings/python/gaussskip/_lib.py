@@ -87,6 +87,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     vp, sz, u32, i32 = c.c_void_p, c.c_size_t, c.c_uint32, c.c_int32
     noise_p = c.POINTER(GsNoise)
     f32p, f64p = c.POINTER(c.c_float), c.POINTER(c.c_double)
+    u32p = c.POINTER(c.c_uint32)
     sigs = {
         "gs_version": (c.c_char_p, []),
         "gs_abi_version": (u32, []),
@@ -108,6 +109,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         "gs_denoise_rows": (u32, [vp, vp, u32, vp, vp, sz, noise_p, vp]),
         "gs_skip_trajectory": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, vp]),
         "gs_x0_trajectory": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, vp]),
+        "gs_skip_component": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, GsNoise, u32p, vp]),
+        "gs_skip_rows_component": (u32, [vp, vp, u32, vp, vp, sz, noise_p, noise_p, u32p, vp]),
+        "gs_denoise_component": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, u32p, vp]),
+        "gs_denoise_rows_component": (u32, [vp, vp, u32, vp, vp, sz, noise_p, u32p, vp]),
+        "gs_skip_trajectory_component": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, u32p, vp]),
+        "gs_x0_trajectory_component": (u32, [vp, vp, u32, vp, vp, sz, GsNoise, noise_p, sz, u32p, vp]),
+        "gs_model_n_components": (u32, [vp, c.POINTER(sz)]),
+        "gs_model_component": (u32, [vp, sz, c.POINTER(vp)]),
+        "gs_model_component_info": (u32, [vp, sz, c.c_char_p, sz, c.POINTER(sz), c.POINTER(c.c_uint64)]),
+        "gs_model_from_components": (u32, [c.POINTER(vp), c.POINTER(c.c_char_p), sz, c.POINTER(vp)]),
         "gs_context_prepare": (u32, [vp, vp, sz, sz, vp]),
         "gs_context_release_model": (u32, [vp, vp]),
     }

@@ -23,6 +23,7 @@ one level per row (see :func:`gaussskip.noise.as_levels`).
 """
 
 import ctypes
+import json
 import os
 import tempfile
 import threading
@@ -48,6 +49,9 @@ Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 # The library call of one operation with its levels bound: (model handle, context, dtype
 # code, x pointer, out pointer, batch, stream) -> status.
 _Call = Callable[[Any, Any, int, int, int, int, Optional[int]], int]
+
+Components = Union[None, int, str, Sequence[Union[int, str]], np.ndarray, "torch.Tensor"]
+"""The component of every row: one index (or label) for all, or one per row."""
 
 
 def _noise_c(n: Noise) -> _lib.GsNoise:
@@ -240,7 +244,124 @@ class Model:
         return tuple(int(s) for s in text.split(",")) if text else None
 
     def __repr__(self) -> str:
+        k = self.n_components
+        if k > 1:
+            return f"gaussskip.Model(dim={self.dim}, n_components={k}, labels={self.labels})"
         return f"gaussskip.Model(dim={self.dim}, rank={self.rank}, residual_var={self.residual_var:g})"
+
+    # ---- components (one Gaussian per class) ----------------------------------------------
+
+    @property
+    def n_components(self) -> int:
+        """Number of components (1 for an unconditional model)."""
+        n = ctypes.c_size_t(0)
+        _lib.check(_lib.load().gs_model_n_components(self._handle, ctypes.byref(n)))
+        return int(n.value)
+
+    def _info(self, k: int) -> Tuple[str, int]:
+        lib = _lib.load()
+        n, count = ctypes.c_size_t(0), ctypes.c_uint64(0)
+        _lib.check(lib.gs_model_component_info(self._handle, k, None, 0, ctypes.byref(n), ctypes.byref(count)))
+        buf = ctypes.create_string_buffer(n.value + 1)
+        _lib.check(lib.gs_model_component_info(self._handle, k, buf, len(buf), ctypes.byref(n), None))
+        return buf.value.decode("utf-8"), int(count.value)
+
+    @property
+    def labels(self) -> List[str]:
+        """The components' labels (class names), in component order."""
+        return [self._info(k)[0] for k in range(self.n_components)]
+
+    @property
+    def counts(self) -> List[int]:
+        """The number of items each component was fitted on."""
+        return [self._info(k)[1] for k in range(self.n_components)]
+
+    def component(self, k: Union[int, str]) -> "Model":
+        """Component ``k`` (an index, or a label) as a one-component model: its mean,
+        eigvals, eigvecs, residual_var and label (``labels[0]``)."""
+        index = self._index(k)
+        handle = ctypes.c_void_p()
+        _lib.check(_lib.load().gs_model_component(self._handle, index, ctypes.byref(handle)))
+        meta = {key: v for key, v in self._metadata.items() if key != "components"}
+        label, count = self._info(index)
+        meta.update(format_version="2", sample_count=str(count))
+        meta["components"] = json.dumps([{"label": label, "count": count}])
+        return Model(handle, meta)
+
+    @classmethod
+    def from_components(cls, parts: Sequence["Model"], labels: Sequence[str]) -> "Model":
+        """Joins one-component models into one model, component i being ``parts[i]``
+        labelled ``labels[i]`` (distinct, non-empty text). Metadata comes from ``parts[0]``;
+        the sample count is the sum of the parts'."""
+        parts, labels = list(parts), [str(label) for label in labels]
+        if len(parts) != len(labels):
+            raise ShapeMismatchError(
+                f"`labels` has the wrong size: expected {len(parts)} (one per part), got {len(labels)}", 3
+            )
+        handles = (ctypes.c_void_p * len(parts))(*[p._handle.value for p in parts])
+        texts = (ctypes.c_char_p * len(labels))(*[t.encode("utf-8") for t in labels])
+        handle = ctypes.c_void_p()
+        _lib.check(_lib.load().gs_model_from_components(handles, texts, len(parts), ctypes.byref(handle)))
+        model = cls(handle, {})
+        meta = {k: v for k, v in parts[0]._metadata.items() if k not in ("components", "sample_count")}
+        meta.update(format_version="2", sample_count=str(sum(model.counts)))
+        meta["components"] = json.dumps([{"label": t, "count": c} for t, c in zip(model.labels, model.counts)])
+        model._metadata = meta
+        return model
+
+    def _index(self, k: Union[int, str, np.integer]) -> int:
+        if isinstance(k, str):
+            labels = self.labels
+            if k not in labels:
+                raise InvalidArgumentError(f"invalid argument `component`: no component is labelled {k!r} (labels: {labels})", 2)
+            return labels.index(k)
+        index = int(k)
+        if not 0 <= index < self.n_components:
+            raise InvalidArgumentError(
+                f"invalid argument `component`: {index} is out of range: the model has {self.n_components} component(s)", 2
+            )
+        return index
+
+    def _components(self, component: Components) -> Optional[Callable[[int], Any]]:
+        """The per-row component table of a call (a host uint32 array the library reads
+        during the call), or None for component 0 everywhere."""
+        if component is None:
+            return None
+        if _arrays.is_torch(component):
+            component = component.detach().cpu().numpy()
+        if isinstance(component, (str, int, np.integer)):
+            one = np.uint32(self._index(component))
+            return lambda batch: np.full(batch, one, np.uint32).ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+        arr = np.asarray(component)
+        if arr.dtype.kind in "USO":
+            labels = self.labels
+            lookup = {label: i for i, label in enumerate(labels)}
+            missing = [v for v in arr.reshape(-1).tolist() if str(v) not in lookup]
+            if missing:
+                raise InvalidArgumentError(
+                    f"invalid argument `component`: no component is labelled {missing[0]!r} (labels: {labels})", 2
+                )
+            arr = np.array([lookup[str(v)] for v in arr.reshape(-1).tolist()], dtype=np.int64)
+        elif arr.dtype.kind not in "iub":
+            raise InvalidArgumentError(
+                f"invalid argument `component`: expected integer indices or labels, got dtype {arr.dtype}", 2
+            )
+        arr = arr.reshape(-1)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n_components):
+            bad = int(arr[(arr < 0) | (arr >= self.n_components)][0])
+            raise InvalidArgumentError(
+                f"invalid argument `component`: {bad} is out of range: the model has {self.n_components} component(s)", 2
+            )
+        table = np.ascontiguousarray(arr, dtype=np.uint32)
+
+        def pointer(batch: int) -> Any:
+            if table.size != batch:
+                raise ShapeMismatchError(
+                    f"`component` has the wrong size: expected {batch} indices (one per row), got {table.size}", 3
+                )
+            return table.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+
+        return pointer
 
     # ---- pickling and copies ---------------------------------------------------------------
 
@@ -248,6 +369,8 @@ class Model:
         """Pickles by value (the parts in the dtypes the library holds, and the metadata), so
         a model travels to DataLoader workers, other processes and caches; unpickling
         rebuilds and revalidates it in the receiving process."""
+        if self.n_components > 1:
+            return (_unpickle_components, (tuple(self.component(k) for k in range(self.n_components)), tuple(self.labels)))
         m, v, e, r = self._parts(True, True, True, True)
         return (_unpickle, (m, v, e, r, dict(self._metadata)))
 
@@ -295,55 +418,78 @@ class Model:
 
     # ---- operations ----------------------------------------------------------------------
 
-    def skip(self, x: Array, frm: Levels, to: Levels, *, out: Optional[Array] = None) -> Array:
+    def skip(
+        self, x: Array, frm: Levels, to: Levels, *, out: Optional[Array] = None, component: Components = None
+    ) -> Array:
         """Exact PF-ODE jump of every row of ``x`` from level ``frm`` to level ``to``.
 
         Levels: :class:`Noise`, a number (EDM sigma), a sequence of batch length (one level
         per row), or an array/tensor of EDM sigmas of shape ``(1,)``, ``(batch,)`` or
         ``(batch, 1, ..., 1)``. ``frm`` must have sigma > 0; ``to`` may be 0 (the data end)
         or noisier than ``frm`` (exact inversion). ``out``: an optional preallocated output
-        like ``x`` (written only on success; ``out=x`` works in place).
+        like ``x`` (written only on success; ``out=x`` works in place). ``component``: for a
+        model of several components (one per class), the component of every row: one index,
+        or one per row (a sequence, array or tensor of batch length, or class labels as text
+        when the model's components are labelled); None means component 0.
         """
         lf, lt = as_levels(frm, "from"), as_levels(to, "to")
         lib = _lib.load()
+        comp = self._components(component)
 
         def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
             if isinstance(lf, Noise) and isinstance(lt, Noise):
-                return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
-            f = _rows(lf, batch, "from")
-            t = _rows(lt, batch, "to")
-            return lib.gs_skip_rows(ctx, handle, code, xp, op, batch, _noise_array(f), _noise_array(t), stream)
+                if comp is None:
+                    return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
+                return lib.gs_skip_component(
+                    ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), comp(batch), stream
+                )
+            f = _noise_array(_rows(lf, batch, "from"))
+            t = _noise_array(_rows(lt, batch, "to"))
+            if comp is None:
+                return lib.gs_skip_rows(ctx, handle, code, xp, op, batch, f, t, stream)
+            return lib.gs_skip_rows_component(ctx, handle, code, xp, op, batch, f, t, comp(batch), stream)
 
         return self._apply(x, out, call)
 
-    def denoise(self, x: Array, at: Levels, *, out: Optional[Array] = None) -> Array:
+    def denoise(self, x: Array, at: Levels, *, out: Optional[Array] = None, component: Components = None) -> Array:
         """Posterior mean E[x0 | x_t] of every row at level ``at`` (one, or one per row as
-        for :meth:`skip`)."""
+        for :meth:`skip`; ``component`` as for :meth:`skip`)."""
         la = as_levels(at, "at")
         lib = _lib.load()
+        comp = self._components(component)
 
         def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
             if isinstance(la, Noise):
-                return lib.gs_denoise(ctx, handle, code, xp, op, batch, _noise_c(la), stream)
-            a = _rows(la, batch, "at")
-            return lib.gs_denoise_rows(ctx, handle, code, xp, op, batch, _noise_array(a), stream)
+                if comp is None:
+                    return lib.gs_denoise(ctx, handle, code, xp, op, batch, _noise_c(la), stream)
+                return lib.gs_denoise_component(ctx, handle, code, xp, op, batch, _noise_c(la), comp(batch), stream)
+            a = _noise_array(_rows(la, batch, "at"))
+            if comp is None:
+                return lib.gs_denoise_rows(ctx, handle, code, xp, op, batch, a, stream)
+            return lib.gs_denoise_rows_component(ctx, handle, code, xp, op, batch, a, comp(batch), stream)
 
         return self._apply(x, out, call)
 
-    def skip_trajectory(self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None) -> Array:
+    def skip_trajectory(
+        self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None, component: Components = None
+    ) -> Array:
         """The states along the exact path from ``frm`` at each of ``levels`` (one
         projection for all): output shape ``(len(levels), *x.shape)``.
 
-        ``frm`` is one level for all rows (the C ABI has no per-row trajectory source).
+        ``frm`` is one level for all rows (the C ABI has no per-row trajectory source);
+        ``component`` as for :meth:`skip`.
         """
-        return self._trajectory("gs_skip_trajectory", x, frm, levels, out)
+        return self._trajectory("gs_skip_trajectory", x, frm, levels, out, component)
 
-    def x0_trajectory(self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None) -> Array:
+    def x0_trajectory(
+        self, x: Array, frm: Levels, levels: Levels, *, out: Optional[Array] = None, component: Components = None
+    ) -> Array:
         """The x0-predictions along the exact path from ``frm`` at each of ``levels``:
-        the "outline first, details later" view. Output shape ``(len(levels), *x.shape)``."""
-        return self._trajectory("gs_x0_trajectory", x, frm, levels, out)
+        the "outline first, details later" view. Output shape ``(len(levels), *x.shape)``;
+        ``component`` as for :meth:`skip`."""
+        return self._trajectory("gs_x0_trajectory", x, frm, levels, out, component)
 
-    def _trajectory(self, fn_name: str, x: Any, frm: Levels, levels: Levels, out: Any) -> Any:
+    def _trajectory(self, fn_name: str, x: Any, frm: Levels, levels: Levels, out: Any, component: Components) -> Any:
         lf = as_levels(frm, "from")
         if not isinstance(lf, Noise):
             raise InvalidArgumentError(
@@ -352,13 +498,16 @@ class Model:
                 2,
             )
         lv = as_level_list(levels, "levels")
-        fn = getattr(_lib.load(), fn_name)
+        comp = self._components(component)
+        fn = getattr(_lib.load(), fn_name if comp is None else fn_name + "_component")
 
         def call_for(lvs: List[Noise]) -> _Call:
             arr = _noise_array(lvs)
 
             def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
-                return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), stream)
+                if comp is None:
+                    return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), stream)
+                return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), comp(batch), stream)
 
             return call
 
@@ -421,7 +570,11 @@ class Model:
         if linear is None:
             with _linear_lock:
                 linear = self.__dict__.get("_linear")
-                if linear is None:
+                if linear is None and self.n_components > 1:
+                    parts = [self.component(k)._linear_part() for k in range(self.n_components)]
+                    linear = Model.from_components(parts, self.labels)
+                    self._linear = linear
+                elif linear is None:
                     m, v, e, r = self._parts(True, True, True, True)
                     assert m is not None
                     if not m.any():
@@ -437,7 +590,7 @@ def _constant(call: _Call) -> Callable[[int], _Call]:
     return lambda _: call
 
 
-_linear_lock = threading.Lock()
+_linear_lock = threading.RLock()
 
 _DEFAULT_META = {"format": "gaussskip", "format_version": "1"}
 
@@ -446,6 +599,10 @@ def _unpickle(mean: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, residu
     model = Model._through_file(mean, eigvals, eigvecs, residual_var, metadata or _DEFAULT_META)
     model._metadata = dict(metadata)
     return model
+
+
+def _unpickle_components(parts: Tuple[Model, ...], labels: Tuple[str, ...]) -> Model:
+    return Model.from_components(parts, labels)
 
 
 def _rows(levels: Union[Noise, List[Noise]], batch: int, name: str) -> List[Noise]:

@@ -497,6 +497,29 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Runs `op` with rows of several components on device buffers.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::apply_device`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn apply_device_grouped(
+        &self,
+        model: &Model,
+        op: Op<'_>,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        stream: *mut c_void,
+        components: &[u32],
+    ) -> Result<()> {
+        let _ = (model, op, dtype, x, out, batch, stream, components);
+        Err(Error::arg(
+            "component",
+            "rows of different components in one call on CUDA device buffers are not supported yet: call once per component, or use host buffers",
+        ))
+    }
+
     /// Runs `op` on host buffers: copies `x` to the device, runs on the context's own stream,
     /// copies the result back (allocates per call: the convenience path, not the fast one).
     /// `out` is written only after everything succeeded.

@@ -149,11 +149,10 @@ pub fn run(args: Args) -> Result<()> {
             ))
         ),
     };
-    eprintln!("method: {} ({})", fitted.method.name(), fitted.reason);
     model.save(&args.output)?;
     let top = spectrum.eigvals.first().copied().unwrap_or(0.0);
     println!(
-        "wrote {}: {} items of shape {}, dim {}, rank {}, {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {}; {how} in {:.1} s",
+        "wrote {}: {} items of shape {}, dim {}, rank {}, {:.2}% of the variance, largest eigenvalue {}, residual variance {}, value space {}; {how} in {:.1} s; method: {} ({})",
         args.output.display(),
         meta.sample_count,
         npy::show_shape(&meta.item_shape),
@@ -163,7 +162,9 @@ pub fn run(args: Args) -> Result<()> {
         num(top),
         num(spectrum.residual_var),
         meta.value_space,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        fitted.method.name(),
+        fitted.reason
     );
     Ok(())
 }

@@ -6,15 +6,17 @@
 //! `rank x dim`: row k is the unit eigenvector u_k, contiguous.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
-
 use crate::error::{Error, Result};
+
+mod components;
+mod file;
+
+pub use components::MAX_COMPONENTS;
+pub(crate) use file::write_atomic;
 
 /// Largest allowed deviation of the eigenvector Gram matrix from the identity, per entry
 /// (and of each eigenvector's norm from 1).
@@ -23,7 +25,7 @@ pub const ORTHONORMAL_TOL: f64 = 1e-3;
 /// The model-file format name, stored in the metadata key `format`.
 pub const FILE_FORMAT: &str = "gaussskip";
 /// The model-file format version, stored in the metadata key `format_version`.
-pub const FILE_FORMAT_VERSION: u32 = 1;
+pub const FILE_FORMAT_VERSION: u32 = 2;
 
 /// Above this many multiply-adds the Gram check uses random probes instead of the full
 /// `rank x rank` product (a full-rank 16384-dim model would otherwise take minutes to load).
@@ -154,7 +156,12 @@ impl FitInfo {
     }
 }
 
-/// An immutable Gaussian model; cheap to share across threads (`Arc<Model>`).
+/// An immutable Gaussian model of one or more components (one Gaussian per class); cheap to
+/// share across threads (`Arc<Model>`).
+///
+/// The accessors [`Model::mean`], [`Model::eigvals`], [`Model::eigvecs`] and
+/// [`Model::residual_var`] describe component 0; [`Model::component`] gives any component as
+/// a one-component model, and the operations take a component index per row.
 #[derive(Debug)]
 pub struct Model {
     dim: usize,
@@ -166,6 +173,11 @@ pub struct Model {
     meta: ModelMeta,
     id: u64,
     drop_hooks: DropHooks,
+    /// Component 0's label and item count.
+    label: String,
+    count: u64,
+    /// Components 1..K, each a one-component model.
+    others: Vec<Model>,
 }
 
 /// Called with the model's id when it is dropped: device caches free their copies.
@@ -250,9 +262,12 @@ impl Model {
             eigvals,
             eigvecs,
             residual_var,
+            label: String::new(),
+            count: meta.sample_count,
             meta,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             drop_hooks: DropHooks::default(),
+            others: Vec::new(),
         })
     }
 
@@ -298,7 +313,8 @@ impl Model {
             .push(hook);
     }
 
-    /// The metadata the model file stores (SPEC §7 and the `fit_*` keys), as text.
+    /// The metadata the model file stores (SPEC §7, the `fit_*` keys and `components`), as
+    /// text.
     pub fn file_metadata(&self) -> BTreeMap<String, String> {
         let shape_text = self
             .meta
@@ -321,213 +337,17 @@ impl Model {
         if let Some(fit) = &self.meta.fit {
             fit.to_metadata(&mut meta);
         }
+        let components: Vec<serde_json::Value> = self
+            .labels()
+            .into_iter()
+            .zip(self.counts())
+            .map(|(label, count)| serde_json::json!({ "label": label, "count": count }))
+            .collect();
+        meta.insert(
+            "components".to_string(),
+            serde_json::Value::Array(components).to_string(),
+        );
         meta
-    }
-
-    /// Writes the model as safetensors, atomically (a temporary file in the same folder,
-    /// flushed, then renamed over `path`).
-    ///
-    /// # Errors
-    /// `Io` when the folder is not writable or the disk is full; the target is untouched then.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let f64_bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mean = f32_bytes(&self.mean);
-        let eigvals = f64_bytes(&self.eigvals);
-        let eigvecs = f32_bytes(&self.eigvecs);
-        let resid = f64_bytes(&[self.residual_var]);
-        fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> TensorView<'_> {
-            TensorView::new(dtype, shape, data)
-                .expect("tensor sizes are consistent by construction")
-        }
-        let tensors = vec![
-            ("mean", view(Dtype::F32, vec![self.dim], &mean)),
-            ("eigvals", view(Dtype::F64, vec![self.rank], &eigvals)),
-            (
-                "eigvecs",
-                view(Dtype::F32, vec![self.rank, self.dim], &eigvecs),
-            ),
-            ("residual_var", view(Dtype::F64, vec![], &resid)),
-        ];
-        let meta: HashMap<String, String> = self.file_metadata().into_iter().collect();
-        let bytes = safetensors::tensor::serialize(tensors, Some(meta))
-            .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
-        write_atomic(path, &bytes)
-    }
-
-    /// Reads and validates a model file. Tensors are read straight into the model's arrays:
-    /// loading needs about the file's size in memory, plus a small buffer.
-    ///
-    /// # Errors
-    /// `Io` when the file cannot be read; `FileFormat` naming the file and what is wrong:
-    /// truncated or corrupt safetensors (including duplicate keys in its header), a missing
-    /// tensor, a wrong dtype or shape, a wrong format name or version, or any validation
-    /// failure of [`Model::from_parts`]; `OutOfMemory` when the arrays cannot be allocated.
-    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        let path = path.as_ref();
-        let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        Self::read_from(std::io::BufReader::new(file), len, path)
-    }
-
-    /// Reads and validates a model file held in memory; `name` labels errors. As
-    /// [`Model::load`].
-    ///
-    /// # Errors
-    /// As [`Model::load`].
-    pub fn from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Model> {
-        Self::read_from(
-            std::io::Cursor::new(bytes),
-            bytes.len() as u64,
-            name.as_ref(),
-        )
-    }
-
-    fn read_from(mut reader: impl Read + Seek, len: u64, path: &Path) -> Result<Model> {
-        let bad = |reason: String| Error::format(path, reason);
-        let header = crate::safetensors_header::read(&mut reader, len, path)?;
-        let meta_map = header.meta.metadata().clone().unwrap_or_default();
-        match meta_map.get("format").map(String::as_str) {
-            Some(FILE_FORMAT) => {}
-            Some(other) => {
-                return Err(bad(format!(
-                    "metadata format is {other:?}, expected {FILE_FORMAT:?}"
-                )))
-            }
-            None => {
-                return Err(bad(format!(
-                    "metadata key `format` is missing (expected {FILE_FORMAT:?})"
-                )))
-            }
-        }
-        let version = meta_map
-            .get("format_version")
-            .map(String::as_str)
-            .unwrap_or("");
-        if version != FILE_FORMAT_VERSION.to_string() {
-            return Err(bad(format!(
-                "format_version {version:?} is not supported (this build reads version {FILE_FORMAT_VERSION})"
-            )));
-        }
-        let mut tensors = TensorReader {
-            reader,
-            meta: &header.meta,
-            data_start: header.data_start,
-            path,
-        };
-        let mean_shape = tensors.shape("mean", 1)?;
-        let vals_shape = tensors.shape("eigvals", 1)?;
-        let vecs_shape = tensors.shape("eigvecs", 2)?;
-        tensors.shape("residual_var", 0)?;
-        if vecs_shape != [vals_shape[0], mean_shape[0]] {
-            return Err(bad(format!(
-                "tensor `eigvecs` has shape {vecs_shape:?}, expected [{}, {}] (eigvals x mean)",
-                vals_shape[0], mean_shape[0]
-            )));
-        }
-        let item_shape =
-            parse_item_shape(meta_map.get("item_shape").map(String::as_str).unwrap_or(""))
-                .map_err(|e| bad(format!("metadata item_shape: {e}")))?;
-        let sample_count = match meta_map.get("sample_count").map(String::as_str) {
-            None | Some("") => 0,
-            Some(s) => s
-                .parse()
-                .map_err(|_| bad(format!("metadata sample_count {s:?} is not a whole number")))?,
-        };
-        let meta = ModelMeta {
-            item_shape,
-            value_space: meta_map.get("value_space").cloned().unwrap_or_default(),
-            sample_count,
-            source: meta_map.get("source").cloned().unwrap_or_default(),
-            fit: FitInfo::from_metadata(&meta_map).map_err(bad)?,
-        };
-        let mean = tensors.read("mean", |v| v as f32)?;
-        let eigvals = tensors.read("eigvals", |v| v)?;
-        let eigvecs = tensors.read("eigvecs", |v| v as f32)?;
-        let resid = tensors.read("residual_var", |v| v)?;
-        Model::from_parts(mean, eigvals, eigvecs, resid[0], meta).map_err(|e| match e {
-            e @ Error::OutOfMemory(_) => e,
-            e => bad(e.to_string()),
-        })
-    }
-}
-
-/// Reads the tensors of a model file whose header has been checked.
-struct TensorReader<'a, R> {
-    reader: R,
-    meta: &'a Metadata,
-    data_start: u64,
-    path: &'a Path,
-}
-
-impl<R: Read + Seek> TensorReader<'_, R> {
-    fn info(&self, name: &str) -> Result<&TensorInfo> {
-        self.meta
-            .info(name)
-            .ok_or_else(|| Error::format(self.path, format!("tensor `{name}` is missing")))
-    }
-
-    /// The shape of tensor `name`, which must have `dims` dimensions and an f32 or f64 dtype.
-    fn shape(&self, name: &str, dims: usize) -> Result<Vec<usize>> {
-        let t = self.info(name)?;
-        if t.shape.len() != dims {
-            return Err(Error::format(
-                self.path,
-                format!(
-                    "tensor `{name}` has shape {}, expected {dims} dimension(s)",
-                    crate::npy::show_shape(&t.shape)
-                ),
-            ));
-        }
-        if !matches!(t.dtype, Dtype::F32 | Dtype::F64) {
-            return Err(Error::format(
-                self.path,
-                format!(
-                    "tensor `{name}` has dtype {:?}, expected F32 or F64",
-                    t.dtype
-                ),
-            ));
-        }
-        Ok(t.shape.clone())
-    }
-
-    /// Reads tensor `name` (f32 or f64, checked by [`TensorReader::shape`]) into a vector of
-    /// `T` through a small buffer, converting each element with `conv`.
-    fn read<T>(&mut self, name: &str, conv: impl Fn(f64) -> T) -> Result<Vec<T>> {
-        const CHUNK: usize = 1 << 16;
-        let t = self.info(name)?;
-        let (start, end) = t.data_offsets;
-        let size = t.dtype.bitsize() / 8;
-        let f64s = t.dtype == Dtype::F64;
-        let count = (end - start) / size;
-        let mut out = Vec::new();
-        out.try_reserve_exact(count).map_err(|_| {
-            Error::OutOfMemory(format!(
-                "{}: tensor `{name}` of {count} elements",
-                self.path.display()
-            ))
-        })?;
-        let io = |e| Error::io(self.path, e);
-        self.reader
-            .seek(SeekFrom::Start(self.data_start + start as u64))
-            .map_err(io)?;
-        let mut buf = vec![0u8; CHUNK * size];
-        let mut left = count;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            let bytes = &mut buf[..n * size];
-            self.reader.read_exact(bytes).map_err(io)?;
-            out.extend(bytes.chunks_exact(size).map(|b| {
-                conv(if f64s {
-                    f64::from_le_bytes(b.try_into().expect("8 bytes"))
-                } else {
-                    f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                })
-            }));
-            left -= n;
-        }
-        Ok(out)
     }
 }
 
@@ -550,37 +370,6 @@ pub fn parse_item_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
             )),
         })
         .collect()
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader never sees a half-written file and a failure leaves the old file in place.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::arg("path", format!("{} has no file name", path.display())))?;
-    // Keep the temporary name short enough for any legal target name (255-byte limit).
-    let stem: String = name.to_string_lossy().chars().take(64).collect();
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        stem,
-        std::process::id(),
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }
 
 /// Checks row norms and the Gram matrix E E^T against the identity.
