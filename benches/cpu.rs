@@ -1,5 +1,6 @@
 //! Criterion benches of the CPU backend (`Context::cpu()`, f32 I/O): skip, denoise and a
-//! 4-level skip trajectory at d = 784 and 3072, full rank and r = d/4, batch 1, 16, 64, 256.
+//! 4-level skip trajectory at d = 784 and 3072, full rank and r = d/4, and d = 12288 at r = 1024
+//! (the shapes of `scripts/cpu_bench.py`), batch 1, 16, 64, 256.
 //!
 //! Throughput is the bytes a call must move at the least: the eigenvectors once (r x d f32)
 //! plus the input (batch x d) and the output (slabs x batch x d), so criterion reports GB/s
@@ -72,7 +73,14 @@ fn cpu_benches(c: &mut Criterion) {
             },
         ),
     ];
-    for &(dim, rank) in &[(784usize, 784usize), (784, 196), (3072, 3072), (3072, 768)] {
+    let shapes = [
+        (784usize, 784usize),
+        (784, 196),
+        (3072, 3072),
+        (3072, 768),
+        (12288, 1024),
+    ];
+    for &(dim, rank) in &shapes {
         let model = model(dim, rank, &mut rng);
         let inputs: Vec<(usize, Vec<f32>)> = [1usize, 16, 64, 256]
             .iter()

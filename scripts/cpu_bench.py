@@ -11,8 +11,15 @@ time of each, their ratio (below 1: ours is faster), our GB/s over the eigenvect
 read twice, and our relative error against float64. Threads: the library uses one per core
 (RAYON_NUM_THREADS), NumPy its BLAS default (OPENBLAS_NUM_THREADS); leave both unset to
 compare the defaults. Run it on an otherwise idle machine.
+
+On a shared machine, wall times swing with the other processes and penalise whichever side
+waits for a descheduled thread. `--cpu-time` times the process's CPU time instead, a steadier
+measure of the arithmetic alone; it needs one thread on each side
+(RAYON_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1), since idle threads that spin also count.
 """
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -41,20 +48,28 @@ def numpy_skip(x, mu, u, ut, lam, s0, s1):
     return mu + b * y + p @ u
 
 
-def best_of(f, calls, rounds):
+def best_of(f, calls, rounds, clock):
     best = float("inf")
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(calls):
             f()
-        best = min(best, (time.perf_counter() - t) / calls)
+        best = min(best, (clock() - t) / calls)
     return best
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="timing rounds per side (best counts)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time CPU seconds, not wall seconds (one thread on each side)")
     args = ap.parse_args()
+    clock = time.perf_counter
+    if args.cpu_time:
+        threads = {v: os.environ.get(v) for v in ("RAYON_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        if any(n != "1" for n in threads.values()):
+            sys.exit(f"--cpu-time needs RAYON_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, got {threads}")
+        clock = time.process_time
     rng = np.random.default_rng(0)
     print(f"{'d':>6} {'r':>6} {'B':>4}  {'ours_ms':>8} {'numpy_ms':>9} {'ours/numpy':>10} "
           f"{'ours_GB/s':>9}  relerr")
@@ -71,8 +86,8 @@ def main():
             calls = max(1, min(50, int(2e8 / (batch * d * r + 1))))
             t_ours, t_np = float("inf"), float("inf")
             for _ in range(args.repeat):  # alternate, so both see the same machine
-                t_ours = min(t_ours, best_of(ours, calls, 1))
-                t_np = min(t_np, best_of(theirs, calls, 1))
+                t_ours = min(t_ours, best_of(ours, calls, 1, clock))
+                t_np = min(t_np, best_of(theirs, calls, 1, clock))
             ref = numpy_skip(x.astype(np.float64), mu.astype(np.float64), u.astype(np.float64),
                              ut.astype(np.float64), lam, SIGMA_FROM, SIGMA_TO)
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)

@@ -1,9 +1,12 @@
-//! CPU backend on faer's multi-threaded GEMM: f32 arithmetic, or f64 for the calls whose
-//! rounding f32 cannot carry within the precision contract.
+//! CPU backend: f32 arithmetic, or f64 for the calls whose rounding f32 cannot carry within
+//! the precision contract.
 //!
-//! Two GEMMs per call whatever the number of output slabs: P = Y E^T (`rows x rank`), then
-//! all slabs at once, [P .* W_0; P .* W_1; ...] E (`slabs*rows x dim`), followed by the
-//! element-wise epilogue a mean + b y.
+//! Two matrix products per call whatever the number of output slabs: P = Y E^T
+//! (`rows x rank`), then all slabs at once, [P .* W_0; P .* W_1; ...] E (`slabs*rows x dim`),
+//! followed by the element-wise epilogue a mean + b y. Each product is split along the
+//! eigenvectors (blocks of modes, then blocks of columns) into a few sequential faer GEMMs
+//! per pool thread, so the eigenvectors are read once per call whatever the batch; a few
+//! f32 rows of a large model go to the matrix-vector kernels of `cpu_small` instead.
 //!
 //! Nothing is written to the output before these checks, made between the two GEMMs:
 //! - the pass that forms y = x - c mean also finds NaN/Inf in x and measures every row;
@@ -21,6 +24,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use super::cpu_small;
 use crate::dtype::{Dtype, Element};
 use crate::error::{try_vec, Error, Result};
 use crate::model::Model;
@@ -185,20 +189,12 @@ impl<'a, F: Real> Projected<'a, F> {
         }
         check_range::<F>(model, plan, &norms, dtype)?;
 
-        let eigvecs = match as_compute::<F>(model.eigvecs()) {
+        let eigvecs = match same::<f32, F>(model.eigvecs()) {
             Some(e) => Eigvecs::Borrowed(e),
             None => Eigvecs::Owned(widen::<F>(model.eigvecs(), par)?),
         };
-        let e = MatRef::from_row_major_slice(eigvecs.get(), r, d);
         let mut p = try_vec(rows * r, zero, "the projections")?;
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut p, rows, r),
-            Accum::Replace,
-            MatRef::from_row_major_slice(&y, rows, d),
-            e.transpose(),
-            F::from_f64(1.0),
-            par,
-        );
+        project(eigvecs.get(), d, &y, rows, &mut p, par);
 
         // Weigh the projections of every slab, and estimate each output row's rounding.
         let mean_l2 = mean
@@ -266,12 +262,11 @@ impl<'a, F: Real> Projected<'a, F> {
 
     /// The second GEMM and the epilogue, into `out`.
     fn finish<T: Element>(self, model: &Model, plan: &Plan, out: &mut [T]) -> Result<()> {
-        let (rows, d, r) = (plan.rows, model.dim(), model.rank());
+        let (rows, d) = (plan.rows, model.dim());
         let nslab = plan.slabs.len();
         let n_out = out.len();
         let mean = model.mean();
-        let e = MatRef::from_row_major_slice(self.eigvecs.get(), r, d);
-        let qm = MatRef::from_row_major_slice(&self.q, nslab * rows, r);
+        let (e, q) = (self.eigvecs.get(), &self.q);
         let y = &self.y;
         let epilogue = |row: usize, dst: &mut [F]| {
             let (s, i) = (row / rows, row % rows);
@@ -283,16 +278,9 @@ impl<'a, F: Real> Projected<'a, F> {
             }
         };
 
-        if let Some(direct) = as_output::<F, T>(out) {
-            // f32 in, f32 out: the GEMM writes the caller's buffer (check_range bounded it).
-            matmul(
-                MatMut::from_row_major_slice_mut(direct, nslab * rows, d),
-                Accum::Replace,
-                qm,
-                e,
-                F::from_f64(1.0),
-                self.par,
-            );
+        if let Some(direct) = same_mut::<T, F>(out) {
+            // f32 in, f32 out: the product writes the caller's buffer (check_range bounded it).
+            back_project(e, d, q, nslab * rows, direct, self.par);
             if split(self.par, n_out) {
                 direct
                     .par_chunks_mut(d)
@@ -307,14 +295,7 @@ impl<'a, F: Real> Projected<'a, F> {
             return Ok(());
         }
         let mut tmp = try_vec(n_out, F::from_f64(0.0), "the output")?;
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut tmp, nslab * rows, d),
-            Accum::Replace,
-            qm,
-            e,
-            F::from_f64(1.0),
-            self.par,
-        );
+        back_project(e, d, q, nslab * rows, &mut tmp, self.par);
         // Finish every row and check it fits T before the first element of `out` is written.
         let limit = max_finite(T::DTYPE);
         let finish = |(row, src): (usize, &mut [F])| {
@@ -415,15 +396,104 @@ fn max_finite(dtype: Dtype) -> f64 {
     }
 }
 
-fn is_f32<F: 'static>() -> bool {
-    std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>()
+/// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`): the
+/// small-batch kernels for a few f32 rows of a large model, blocks of modes otherwise.
+fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) {
+    if let (Some(e), Some(y), Some(p)) = (same::<F, f32>(e), same::<F, f32>(y), same_mut(p)) {
+        if cpu_small::serves(rows, e.len()) {
+            return cpu_small::project(e, d, y, rows, p, par);
+        }
+    }
+    let r = e.len() / d;
+    let em = MatRef::from_row_major_slice(e, r, d);
+    let ym = MatRef::from_row_major_slice(y, rows, d);
+    let pm = MatMut::from_row_major_slice_mut(p, rows, r);
+    column_blocks(pm, MIN_MODES, par, |k0, dst| {
+        let modes = em.subrows(k0, dst.ncols());
+        matmul(
+            dst,
+            Accum::Replace,
+            ym,
+            modes.transpose(),
+            F::from_f64(1.0),
+            Par::Seq,
+        );
+    });
 }
 
-/// The model's f32 eigenvectors as the compute type when it is f32.
-fn as_compute<F: Real>(v: &[f32]) -> Option<&[F]> {
-    is_f32::<F>().then(|| {
-        // SAFETY: F is f32 (checked above): same layout and lifetime.
-        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const F, v.len()) }
+/// `out = q e` (`rows x d`) for row-major `q` (`rows x r`): as [`project`], by blocks of
+/// columns.
+fn back_project<F: Real>(e: &[F], d: usize, q: &[F], rows: usize, out: &mut [F], par: Par) {
+    if let (Some(e), Some(q), Some(out)) = (same::<F, f32>(e), same::<F, f32>(q), same_mut(out)) {
+        if cpu_small::serves(rows, e.len()) {
+            return cpu_small::back_project(e, d, q, rows, out, par);
+        }
+    }
+    let r = e.len() / d;
+    let em = MatRef::from_row_major_slice(e, r, d);
+    let qm = MatRef::from_row_major_slice(q, rows, r);
+    let om = MatMut::from_row_major_slice_mut(out, rows, d);
+    column_blocks(om, MIN_COLUMNS, par, |i0, dst| {
+        let cols = em.subcols(i0, dst.ncols());
+        matmul(dst, Accum::Replace, qm, cols, F::from_f64(1.0), Par::Seq);
+    });
+}
+
+/// Narrowest block of modes (projection) or columns (back-projection) of one parallel task:
+/// narrower GEMMs pay more for packing their other operand than they gain.
+const MIN_MODES: usize = 32;
+const MIN_COLUMNS: usize = 128;
+
+/// Blocks per pool thread. Each block is one sequential GEMM; with several per thread a
+/// thread that the machine delays (other processes) leaves its remaining blocks to the
+/// others instead of holding up the call, which a GEMM split into one part per thread
+/// and joined at every step cannot do.
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// Runs `f(first_column, block)` on blocks of the columns of `m`, in parallel under `par`.
+/// Block widths are multiples of 16 (aligned rows and whole SIMD registers) and at least
+/// `min_width`; each output element is written by one block, whatever the thread count.
+fn column_blocks<F: Real>(
+    m: MatMut<'_, F>,
+    min_width: usize,
+    par: Par,
+    f: impl Fn(usize, MatMut<'_, F>) + Sync,
+) {
+    let n = m.ncols();
+    let blocks = match par {
+        Par::Seq => 1,
+        Par::Rayon(threads) => threads.get() * BLOCKS_PER_THREAD,
+    };
+    let width = n.div_ceil(blocks).max(min_width).next_multiple_of(16);
+    if width >= n {
+        return f(0, m);
+    }
+    let mut parts = Vec::with_capacity(n.div_ceil(width));
+    let (mut rest, mut start) = (m, 0);
+    while rest.ncols() > width {
+        let (head, tail) = rest.split_at_col_mut(width);
+        parts.push((start, head));
+        (rest, start) = (tail, start + width);
+    }
+    parts.push((start, rest));
+    parts
+        .into_par_iter()
+        .for_each(|(start, block)| f(start, block));
+}
+
+/// `v` as a slice of `B` when `A` and `B` are the same type.
+fn same<A: 'static, B: 'static>(v: &[A]) -> Option<&[B]> {
+    (std::any::TypeId::of::<A>() == std::any::TypeId::of::<B>()).then(|| {
+        // SAFETY: A and B are the same type: same layout and lifetime.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const B, v.len()) }
+    })
+}
+
+/// `v` as a mutable slice of `B` when `A` and `B` are the same type.
+fn same_mut<A: 'static, B: 'static>(v: &mut [A]) -> Option<&mut [B]> {
+    (std::any::TypeId::of::<A>() == std::any::TypeId::of::<B>()).then(|| {
+        // SAFETY: A and B are the same type: same layout and lifetime.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut B, v.len()) }
     })
 }
 
@@ -439,12 +509,128 @@ fn widen<F: Real>(v: &[f32], par: Par) -> Result<Vec<F>> {
     Ok(out)
 }
 
-/// Views `out` as the compute type when both are f32, so the GEMM writes straight into the
-/// caller's buffer.
-fn as_output<F: Real, T: Element>(out: &mut [T]) -> Option<&mut [F]> {
-    (is_f32::<F>() && T::DTYPE == Dtype::F32).then(|| {
-        // SAFETY: T::DTYPE == F32 only for T = f32 (see the Element impls) and F is f32: the
-        // cast is the identity on layout and lifetime.
-        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut F, out.len()) }
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn normals<F: Real>(rng: &mut Rng, n: usize) -> Vec<F> {
+        rng.normals(n).iter().map(|&v| F::from_f64(v)).collect()
+    }
+
+    /// Both products against f64 sums: `p = y e^T` and `out = q e`, every element, with a
+    /// bound of a few roundings per term.
+    fn check_products<F: Real>(d: usize, r: usize, rows: usize, par: Par, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let e = normals::<F>(&mut rng, r * d);
+        let y = normals::<F>(&mut rng, rows * d);
+        let q = normals::<F>(&mut rng, rows * r);
+        let mut p = vec![F::from_f64(f64::NAN); rows * r];
+        let mut out = vec![F::from_f64(f64::NAN); rows * d];
+        project(&e, d, &y, rows, &mut p, par);
+        back_project(&e, d, &q, rows, &mut out, par);
+        let unit = F::epsilon_impl().to_f64();
+        let close = |got: F, terms: &mut dyn Iterator<Item = (F, F)>, n: usize, what: &str| {
+            let (mut want, mut size) = (0f64, 0f64);
+            for (a, b) in terms {
+                want += a.to_f64() * b.to_f64();
+                size += (a.to_f64() * b.to_f64()).abs();
+            }
+            let tol = 2.0 * unit * n as f64 * size;
+            assert!(
+                (got.to_f64() - want).abs() <= tol,
+                "{what} d {d} r {r} rows {rows} {par:?}: {} vs {want}",
+                got.to_f64()
+            );
+        };
+        for b in 0..rows {
+            for k in 0..r {
+                let mut terms = (0..d).map(|i| (y[b * d + i], e[k * d + i]));
+                close(p[b * r + k], &mut terms, d, "p");
+            }
+            for i in 0..d {
+                let mut terms = (0..r).map(|k| (q[b * r + k], e[k * d + i]));
+                close(out[b * d + i], &mut terms, r, "out");
+            }
+        }
+    }
+
+    fn pars() -> Vec<Par> {
+        vec![Par::Seq, Par::rayon(2), Par::rayon(3)]
+    }
+
+    /// The GEMM path by blocks: sizes that are and are not multiples of the block widths and
+    /// of 16, one row and many, f32 and f64.
+    #[test]
+    fn blocked_products_match_f64_sums() {
+        for (d, r) in [(1, 1), (7, 1), (33, 5), (130, 129), (515, 77), (97, 300)] {
+            for rows in [1, 2, 5, 17] {
+                for par in pars() {
+                    crate::pool::install(|| {
+                        check_products::<f32>(d, r, rows, par, 1);
+                        check_products::<f64>(d, r, rows, par, 2);
+                    });
+                }
+            }
+        }
+    }
+
+    /// A model large enough for the small-batch kernels: every batch they take, one more
+    /// (the GEMM path), f32 (the kernels) and f64 (always the GEMM path).
+    #[test]
+    fn dispatch_around_the_small_batch_kernels() {
+        let (d, r) = (1031, 1025);
+        assert!(r * d >= cpu_small::MIN_MODEL);
+        for rows in 1..=cpu_small::MAX_ROWS + 1 {
+            assert_eq!(
+                cpu_small::serves(rows, r * d),
+                rows <= cpu_small::MAX_ROWS && cpu_small::available()
+            );
+            for par in [Par::Seq, Par::rayon(2)] {
+                crate::pool::install(|| check_products::<f32>(d, r, rows, par, 3));
+            }
+        }
+        check_products::<f64>(d, r, 2, Par::rayon(2), 4);
+        assert!(!cpu_small::serves(1, cpu_small::MIN_MODEL - 1));
+        assert!(!cpu_small::serves(cpu_small::MAX_ROWS + 1, usize::MAX));
+    }
+
+    /// Every column in exactly one block, blocks in order, widths multiples of 16 and at
+    /// least the minimum (but the last), one block without parallelism.
+    #[test]
+    fn column_blocks_cover_every_column_once() {
+        for n in [1, 15, 16, 17, 100, 128, 129, 1000, 3072] {
+            for par in [Par::Seq, Par::rayon(1), Par::rayon(2), Par::rayon(16)] {
+                for min in [1, 32, 128] {
+                    let mut data = vec![0f32; 3 * n];
+                    let m = MatMut::from_row_major_slice_mut(&mut data, 3, n);
+                    let seen = std::sync::Mutex::new(Vec::new());
+                    crate::pool::install(|| {
+                        column_blocks(m, min, par, |start, mut block| {
+                            for j in 0..block.ncols() {
+                                for i in 0..3 {
+                                    block[(i, j)] += (start + j) as f32 + 1.0;
+                                }
+                            }
+                            seen.lock().unwrap().push((start, block.ncols()));
+                        })
+                    });
+                    let want: Vec<f32> = (0..3 * n).map(|i| (i % n) as f32 + 1.0).collect();
+                    assert_eq!(data, want, "n {n} {par:?} min {min}");
+                    let mut seen = seen.into_inner().unwrap();
+                    seen.sort_unstable();
+                    if par == Par::Seq {
+                        assert_eq!(seen, [(0, n)]);
+                    }
+                    for (i, &(start, width)) in seen.iter().enumerate() {
+                        if i + 1 < seen.len() {
+                            assert_eq!(width % 16, 0, "n {n} {par:?} min {min}");
+                            assert!(width >= min, "n {n} {par:?} min {min}");
+                            assert_eq!(seen[i + 1].0, start + width);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
