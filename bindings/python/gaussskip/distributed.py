@@ -106,6 +106,13 @@ class _Group:
                 use_local_synchronization=True,
             )
 
+    def __enter__(self) -> "_Group":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.status_group is not self.group:
+            self.dist.destroy_process_group(self.status_group)
+
     def exchange(self, step: str, error: Optional[BaseException], payload: Any) -> List[Any]:
         """Every rank's payload, once every rank has reached ``step``; raises
         :class:`RankFailedError` on every rank when one of them reports an error."""
@@ -325,21 +332,21 @@ def combine(acc: Union[Moments, Sketch], *, group=None, timeout: Optional[float]
     """
     if not isinstance(acc, (Moments, Sketch)):
         raise InvalidArgumentError(f"invalid argument `acc`: expected Moments or Sketch, got {type(acc).__name__}", 2)
-    g = _Group(group, timeout)
-    shapes = g.gather("comparing the accumulators", lambda: (type(acc).__name__, acc.item_shape))
-    kinds = {k for k, _ in shapes}
-    items = {s for _, s in shapes if s is not None}
-    if len(kinds) > 1 or len(items) > 1:
-        raise InvalidArgumentError(
-            "invalid argument `acc`: the ranks' accumulators differ: " + ", ".join(f"rank {r}: {k} of items {s}" for r, (k, s) in enumerate(shapes)),
-            2,
-        )
-    if not items:
-        raise DatasetError("dataset: no rows on any rank", 13)
-    item = items.pop()
-    # Every rank takes part in each step, those without data too.
-    g.run("preparing empty accumulators", lambda: acc._create(item) if acc.item_shape is None else None)
-    return _combine_moments(g, acc, item) if isinstance(acc, Moments) else _combine_sketch(g, acc)
+    with _Group(group, timeout) as g:
+        shapes = g.gather("comparing the accumulators", lambda: (type(acc).__name__, acc.item_shape))
+        kinds = {k for k, _ in shapes}
+        items = {s for _, s in shapes if s is not None}
+        if len(kinds) > 1 or len(items) > 1:
+            raise InvalidArgumentError(
+                "invalid argument `acc`: the ranks' accumulators differ: " + ", ".join(f"rank {r}: {k} of items {s}" for r, (k, s) in enumerate(shapes)),
+                2,
+            )
+        if not items:
+            raise DatasetError("dataset: no rows on any rank", 13)
+        item = items.pop()
+        # Every rank takes part in each step, those without data too.
+        g.run("preparing empty accumulators", lambda: acc._create(item) if acc.item_shape is None else None)
+        return _combine_moments(g, acc, item) if isinstance(acc, Moments) else _combine_sketch(g, acc)
 
 
 def _batches(data, key: Optional[str]):
@@ -417,84 +424,84 @@ def fit(
         raise InvalidArgumentError(f"invalid argument `method`: expected 'exact', 'sketch' or None, got {method!r}", 2)
     if method == "sketch" and rank is None:
         raise InvalidArgumentError("invalid argument `rank`: the sketch needs a rank", 2)
-    g = _Group(group, timeout)
-    single = isinstance(batches, np.ndarray) or _is_torch(batches)
-    one_shot = not single and iter(batches) is batches
-    started: Dict[str, Any] = {}
+    with _Group(group, timeout) as g:
+        single = isinstance(batches, np.ndarray) or _is_torch(batches)
+        one_shot = not single and iter(batches) is batches
+        started: Dict[str, Any] = {}
 
-    def peek():
-        """(item shape, memory-based choice of method) of the first non-empty batch, or None;
-        the batch and the rest of the iterator are kept for pass 1."""
-        it = _batches(batches, key)
-        b = next((b for b in it if _shape_of(b)[0] > 0), None)
-        started["it"], started["batch"] = it, b
-        if b is None:
-            return None
-        item = _shape_of(b)[1:] or (1,)
-        return item, _choose(math.prod(item), method, rank)
+        def peek():
+            """(item shape, memory-based choice of method) of the first non-empty batch, or None;
+            the batch and the rest of the iterator are kept for pass 1."""
+            it = _batches(batches, key)
+            b = next((b for b in it if _shape_of(b)[0] > 0), None)
+            started["it"], started["batch"] = it, b
+            if b is None:
+                return None
+            item = _shape_of(b)[1:] or (1,)
+            return item, _choose(math.prod(item), method, rank)
 
-    infos = g.gather("reading the first batch", peek)
-    with_data = [(r, i) for r, i in enumerate(infos) if i is not None]
-    if not with_data:
-        raise DatasetError("dataset: no rows on any rank", 13)
-    shapes = {i[0] for _, i in with_data}
-    if len(shapes) > 1:
-        raise ShapeMismatchError(
-            "`batches` has the wrong size: the ranks' items differ: " + ", ".join(f"rank {r}: {i[0]}" for r, i in with_data),
-            3,
-        )
-    item = shapes.pop()
-    # One rank that cannot hold the dim x dim matrices decides for all.
-    chosen = "sketch" if any(i[1] == "sketch" for _, i in with_data) else "exact"
-
-    def read(acc, again: bool):
-        if not again:
-            if started["batch"] is not None:
-                acc.update(started["batch"])
-            rest = started["it"]
-        else:
-            rest = _batches(batches, key)
-        for b in rest:
-            acc.update(b)
-        return acc
-
-    if chosen == "exact":
-
-        def exact():
-            acc = Moments()
-            acc._create(item)
-            return read(acc, again=False)
-
-        fitter: Union[Moments, Sketch] = _combine_moments(g, g.run("reading and adding the batches", exact), item)
-    else:
-
-        def plan():
-            s = Sketch(rank, oversampling=oversampling, passes=passes, seed=seed, device=device)
-            s._create(item)
-            return s
-
-        local = g.run("planning the sketch", plan)
-        total = local.passes
-        if total > 1 and any(g.gather("checking that the batches can be read again", lambda: one_shot)):
-            raise InvalidArgumentError(
-                "invalid argument `batches`: a rank's batches are a one-shot iterator, but the sketch reads the data "
-                f"{total} times; pass a list or DataLoader, or passes=1",
-                2,
+        infos = g.gather("reading the first batch", peek)
+        with_data = [(r, i) for r, i in enumerate(infos) if i is not None]
+        if not with_data:
+            raise DatasetError("dataset: no rows on any rank", 13)
+        shapes = {i[0] for _, i in with_data}
+        if len(shapes) > 1:
+            raise ShapeMismatchError(
+                "`batches` has the wrong size: the ranks' items differ: " + ", ".join(f"rank {r}: {i[0]}" for r, i in with_data),
+                3,
             )
-        for p in range(1, total + 1):
-            g.run(f"reading and adding the batches (pass {p} of {total})", lambda: read(local, again=p > 1))
-            fitter = _combine_sketch(g, local)
-            if p == total:
-                break
-            # Rank 0 starts the next pass and sends its state (the new test matrix) to all.
-            state = g.run(f"starting pass {p + 1}", lambda: fitter.next_pass().to_bytes() if g.index == 0 else None)
-            state = g.broadcast_object(f"the broadcast of pass {p + 1}'s state", state)
-            local = g.run(f"loading pass {p + 1}'s state", lambda: _place(Sketch.from_bytes(state, item), device))
+        item = shapes.pop()
+        # One rank that cannot hold the dim x dim matrices decides for all.
+        chosen = "sketch" if any(i[1] == "sketch" for _, i in with_data) else "exact"
 
-    def fit_model():
-        if g.index != 0:
-            return None
-        return fitter.fit(rank, residual, explained=explained, value_space=value_space, source=source)
+        def read(acc, again: bool):
+            if not again:
+                if started["batch"] is not None:
+                    acc.update(started["batch"])
+                rest = started["it"]
+            else:
+                rest = _batches(batches, key)
+            for b in rest:
+                acc.update(b)
+            return acc
 
-    model = g.run("fitting the model on rank 0", fit_model)
-    return g.broadcast_object("the broadcast of the model", model)
+        if chosen == "exact":
+
+            def exact():
+                acc = Moments()
+                acc._create(item)
+                return read(acc, again=False)
+
+            fitter: Union[Moments, Sketch] = _combine_moments(g, g.run("reading and adding the batches", exact), item)
+        else:
+
+            def plan():
+                s = Sketch(rank, oversampling=oversampling, passes=passes, seed=seed, device=device)
+                s._create(item)
+                return s
+
+            local = g.run("planning the sketch", plan)
+            total = local.passes
+            if total > 1 and any(g.gather("checking that the batches can be read again", lambda: one_shot)):
+                raise InvalidArgumentError(
+                    "invalid argument `batches`: a rank's batches are a one-shot iterator, but the sketch reads the data "
+                    f"{total} times; pass a list or DataLoader, or passes=1",
+                    2,
+                )
+            for p in range(1, total + 1):
+                g.run(f"reading and adding the batches (pass {p} of {total})", lambda: read(local, again=p > 1))
+                fitter = _combine_sketch(g, local)
+                if p == total:
+                    break
+                # Rank 0 starts the next pass and sends its state (the new test matrix) to all.
+                state = g.run(f"starting pass {p + 1}", lambda: fitter.next_pass().to_bytes() if g.index == 0 else None)
+                state = g.broadcast_object(f"the broadcast of pass {p + 1}'s state", state)
+                local = g.run(f"loading pass {p + 1}'s state", lambda: _place(Sketch.from_bytes(state, item), device))
+
+        def fit_model():
+            if g.index != 0:
+                return None
+            return fitter.fit(rank, residual, explained=explained, value_space=value_space, source=source)
+
+        model = g.run("fitting the model on rank 0", fit_model)
+        return g.broadcast_object("the broadcast of the model", model)

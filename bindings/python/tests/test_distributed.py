@@ -65,12 +65,12 @@ def state(acc):
     return int(meta["count"]), tensors["mean"].copy(), tensors["y"].copy()
 
 
-def caught(fn):
+def caught(fn, kind=None):
     t0 = time.monotonic()
     try:
         fn()
-    except gsd.RankFailedError as e:
-        return {"error": str(e), "ranks": e.ranks, "seconds": time.monotonic() - t0}
+    except kind or gsd.RankFailedError as e:
+        return {"error": str(e), "type": type(e).__name__, "ranks": getattr(e, "ranks", None), "seconds": time.monotonic() - t0}
     return {"error": None, "seconds": time.monotonic() - t0}
 
 
@@ -114,6 +114,10 @@ def scenarios(r):
     out["exception"] = caught(lambda: gsd.fit(raising(r), method="exact"))
     # Every rank failed identically: the sketch is planned for more modes than the data has.
     out["everyone"] = caught(lambda: gsd.fit(SHARDS[r], method="sketch", rank=13, passes=1))
+    # Errors every rank sees alike: sketches of different seeds (test matrices) do not add up,
+    # and a one-shot iterator cannot be read by a multi-pass sketch.
+    out["seeds"] = caught(lambda: gsd.combine(gs.Sketch(4, seed=r).update(X[r::3])), gs.InvalidArgumentError)
+    out["one_shot"] = caught(lambda: gsd.fit(iter([X[r::3]]), method="sketch", rank=3), gs.InvalidArgumentError)
     # The group still works after the failures (all ranks stopped at the same step).
     out["after"] = gsd.fit([X[r::3]], method="exact")
 
@@ -209,6 +213,12 @@ def test_a_failure_on_every_rank_says_so(main_run):
     for out in main_run:
         assert out["everyone"]["ranks"] == (0, 1, 2)
         assert "every rank of 3 failed" in out["everyone"]["error"] and "rank" in out["everyone"]["error"]
+
+
+def test_what_every_rank_sees_alike_raises_the_same_error_everywhere(main_run):
+    for out in main_run:
+        assert out["seeds"]["type"] == "InvalidArgumentError" and "test matrix" in out["seeds"]["error"]
+        assert out["one_shot"]["type"] == "InvalidArgumentError" and "one-shot" in out["one_shot"]["error"]
 
 
 def test_the_group_keeps_working_after_reported_failures(main_run):
