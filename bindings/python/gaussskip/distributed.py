@@ -69,6 +69,11 @@ class RankFailedError(GaussSkipError, RuntimeError):
         self.step = step
 
 
+def _ranks_text(ranks) -> str:
+    """'rank 2' or 'ranks 1, 2'."""
+    return ("ranks " if len(ranks) > 1 else "rank ") + ", ".join(map(str, ranks))
+
+
 class _Group:
     """The process group of a fit: its collectives, the device they need, and the status
     exchange that precedes each of them."""
@@ -127,7 +132,7 @@ class _Group:
             # see that rank 0 gave up.
             late = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
             ranks = tuple(int(r) for r in late.group(1).replace(",", " ").split()) if late else ()
-            who = "rank" + ("s " if len(ranks) > 1 else " ") + ", ".join(map(str, ranks)) if ranks else "a rank"
+            who = _ranks_text(ranks) if ranks else "a rank"
             raise RankFailedError(
                 f"distributed fit: {who} did not reach {step} in time (hung, died or left the group); rank "
                 f"{self.me} stops waiting{'' if ranks else ' (rank 0 names the ranks that did not arrive)'}. {e}",
@@ -137,7 +142,7 @@ class _Group:
         failed = [(r, msg) for r, msg, _ in reports if msg is not None]
         if failed:
             ranks = tuple(r for r, _ in failed)
-            who = "every rank" if len(failed) == self.size else "rank" + ("s " if len(ranks) > 1 else " ") + ", ".join(map(str, ranks))
+            who = "every rank" if len(failed) == self.size else _ranks_text(ranks)
             detail = "; ".join(f"rank {r}: {msg}" for r, msg in failed)
             raise RankFailedError(
                 f"distributed fit: {who} of {self.size} failed at {step}; every rank stops. {detail}",
@@ -204,7 +209,8 @@ def _read_image(image: bytes) -> Tuple[Dict[str, str], Dict[str, np.ndarray]]:
         if h["dtype"] != "F64":
             raise GaussSkipError(f"state tensor {name} is {h['dtype']}, expected F64")
         shape = tuple(h["shape"])
-        tensors[name] = np.frombuffer(image, "<f8", count=math.prod(shape), offset=8 + n + h["data_offsets"][0]).reshape(shape)
+        start = 8 + n + h["data_offsets"][0]
+        tensors[name] = np.frombuffer(image, "<f8", count=math.prod(shape), offset=start).reshape(shape)
     return meta, tensors
 
 
@@ -338,7 +344,8 @@ def combine(acc: Union[Moments, Sketch], *, group=None, timeout: Optional[float]
         items = {s for _, s in shapes if s is not None}
         if len(kinds) > 1 or len(items) > 1:
             raise InvalidArgumentError(
-                "invalid argument `acc`: the ranks' accumulators differ: " + ", ".join(f"rank {r}: {k} of items {s}" for r, (k, s) in enumerate(shapes)),
+                "invalid argument `acc`: the ranks' accumulators differ: "
+                + ", ".join(f"rank {r}: {k} of items {s}" for r, (k, s) in enumerate(shapes)),
                 2,
             )
         if not items:
@@ -447,7 +454,8 @@ def fit(
         shapes = {i[0] for _, i in with_data}
         if len(shapes) > 1:
             raise ShapeMismatchError(
-                "`batches` has the wrong size: the ranks' items differ: " + ", ".join(f"rank {r}: {i[0]}" for r, i in with_data),
+                "`batches` has the wrong size: the ranks' items differ: "
+                + ", ".join(f"rank {r}: {i[0]}" for r, i in with_data),
                 3,
             )
         item = shapes.pop()

@@ -3,9 +3,10 @@ combined state equals one process's over all the data, uneven shards and a rank 
 data, the sketch's passes, and faults (NaN, a reader error, an exception, a rank that hangs)
 raising on every rank instead of hanging.
 
-Cost: two groups of 3 processes (one for the scenarios, one for the example), each
-importing torch: COST on 2 idle cores, most of it process start-up and the 6 s of the
-hanging rank; the data are tiny.
+Cost: two groups of processes, each importing torch: 3 for the scenarios (plus the 6 s of
+the hanging rank), 2 for the example (which imports diffusers too). Measured on the shared
+2-core machine under load (load average about 10): 41 s of CPU for the scenarios, 69 s for
+the example; the data are tiny, process start-up is the cost.
 """
 
 import importlib.util
