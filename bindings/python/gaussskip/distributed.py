@@ -308,7 +308,7 @@ def _combine_sketch(g: _Group, local: Sketch) -> Sketch:
         flat[y.size + 1 :] = d * count
         if count:
             a = math.sqrt(count / 2.0) * d
-            pair = local.empty_like().update(np.stack([a, -a]))
+            pair = local.empty_like().update(np.stack([a, -a]).reshape((2,) + tuple(local.item_shape)))
             pmeta, ptensors = _read_image(pair.to_bytes())
             flat[: y.size] += ptensors["y"].reshape(-1)
             flat[y.size] += float(pmeta["trace"])

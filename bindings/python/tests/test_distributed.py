@@ -44,8 +44,9 @@ def data(n, d, seed):
 X = data(301, 12, seed=5)
 # Uneven shards, in batches of uneven sizes; rank 2 has none.
 SHARDS = {0: [X[0:7], X[7:40]], 1: [X[40:41], X[41:200], X[200:301]], 2: []}
-# For the sketch, rank 0 has none.
+# For the sketch, rank 0 has none; items of shape (3, 4).
 SKETCH_SHARDS = {0: [], 1: [X[0:150]], 2: [X[150:151], X[151:301]]}
+SKETCH_SHARDS = {r: [b.reshape(-1, 3, 4) for b in bs] for r, bs in SKETCH_SHARDS.items()}
 
 
 def rel(a, b):
@@ -188,10 +189,11 @@ def test_combined_sketch_pass_equals_one_process(main_run):
 
 
 def test_multi_pass_sketch_fit_is_the_one_process_fit(main_run):
-    want = gs.fit([X[0:150], X[150:301]], rank=4, method="sketch", passes=3, seed=7)
+    want = gs.fit([X[0:150].reshape(-1, 3, 4), X[150:301].reshape(-1, 3, 4)], rank=4, method="sketch", passes=3, seed=7)
     for out in main_run:
         m = out["sketch_model"]
         assert m.metadata["fit_passes"] == "3" and m.metadata["sample_count"] == str(len(X))
+        assert m.item_shape == (3, 4)
         np.testing.assert_allclose(m.eigvals, want.eigvals, rtol=1e-9)
         assert np.array_equal(m.eigvecs, main_run[0]["sketch_model"].eigvecs)
 
