@@ -136,7 +136,12 @@ fn meta_of(meta: *const gs_fit_meta, dim: usize) -> Result<ModelMeta, Error> {
 }
 
 /// Copies `bytes` to `buf` (capacity `cap`) and sets `*len`; with `buf` NULL only sets `*len`.
-fn export(bytes: &[u8], buf: *mut c_void, cap: usize, len: *mut usize) -> Result<(), Error> {
+pub(crate) fn export(
+    bytes: &[u8],
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> Result<(), Error> {
     if !buf.is_null() {
         if cap < bytes.len() {
             return Err(Error::shape(
@@ -153,7 +158,7 @@ fn export(bytes: &[u8], buf: *mut c_void, cap: usize, len: *mut usize) -> Result
     Ok(())
 }
 
-fn check_len(len: *mut usize) -> Result<(), Error> {
+pub(crate) fn check_len(len: *mut usize) -> Result<(), Error> {
     if len.is_null() {
         Err(Error::NullPointer { arg: "len" })
     } else {
@@ -162,7 +167,7 @@ fn check_len(len: *mut usize) -> Result<(), Error> {
 }
 
 /// Rows `x[rows * dim]` of a host array, with the product checked.
-fn rows_of<'a, T>(x: *const T, rows: usize, dim: usize) -> Result<&'a [T], Error> {
+pub(crate) fn rows_of<'a, T>(x: *const T, rows: usize, dim: usize) -> Result<&'a [T], Error> {
     let n = rows
         .checked_mul(dim)
         .ok_or_else(|| Error::arg("rows", "rows x dim overflows"))?;

@@ -47,6 +47,9 @@ pub struct ModelMeta {
     pub source: String,
     /// How the model was fitted (`None` when unknown, e.g. a model built from parts).
     pub fit: Option<FitInfo>,
+    /// Hand-off calibrations, one per sampler and schedule (metadata key `calibration`,
+    /// JSON; see [`crate::calibrate`]).
+    pub calibrations: crate::calibrate::Calibrations,
 }
 
 /// How the eigenpairs of a fitted model were computed (SPEC §6).
@@ -298,7 +301,8 @@ impl Model {
             .push(hook);
     }
 
-    /// The metadata the model file stores (SPEC §7 and the `fit_*` keys), as text.
+    /// The metadata the model file stores (SPEC §7, the `fit_*` keys and `calibration`), as
+    /// text.
     pub fn file_metadata(&self) -> BTreeMap<String, String> {
         let shape_text = self
             .meta
@@ -320,6 +324,12 @@ impl Model {
         .collect();
         if let Some(fit) = &self.meta.fit {
             fit.to_metadata(&mut meta);
+        }
+        if !self.meta.calibrations.is_empty() {
+            meta.insert(
+                crate::calibrate::store::METADATA_KEY.to_string(),
+                self.meta.calibrations.to_json(),
+            );
         }
         meta
     }
@@ -441,6 +451,10 @@ impl Model {
             sample_count,
             source: meta_map.get("source").cloned().unwrap_or_default(),
             fit: FitInfo::from_metadata(&meta_map).map_err(bad)?,
+            calibrations: match meta_map.get(crate::calibrate::store::METADATA_KEY) {
+                Some(text) => crate::calibrate::Calibrations::from_json(text).map_err(bad)?,
+                None => Default::default(),
+            },
         };
         let mean = tensors.read("mean", |v| v as f32)?;
         let eigvals = tensors.read("eigvals", |v| v)?;

@@ -1,5 +1,5 @@
-//! The committed C header must be exactly what the pinned cbindgen generates from src/ffi.rs
-//! and src/ffi_fit.rs.
+//! The committed C header must be exactly what the pinned cbindgen generates from src/ffi.rs,
+//! src/ffi_fit.rs and src/ffi_calibrate.rs.
 //! Run with GAUSSSKIP_BLESS=1 to rewrite it after an intended ABI change.
 
 use std::path::Path;
@@ -13,8 +13,9 @@ fn committed_header_is_current() {
         .with_config(config)
         .with_src(root.join("src/ffi.rs"))
         .with_src(root.join("src/ffi_fit.rs"))
+        .with_src(root.join("src/ffi_calibrate.rs"))
         .generate()
-        .expect("cbindgen failed on src/ffi.rs and src/ffi_fit.rs")
+        .expect("cbindgen failed on src/ffi.rs, src/ffi_fit.rs and src/ffi_calibrate.rs")
         .write(&mut generated);
     let path = root.join("include/gaussskip.h");
     if std::env::var_os("GAUSSSKIP_BLESS").is_some() {
