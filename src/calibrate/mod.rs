@@ -23,6 +23,12 @@
 //! samples differ from the run without a jump by at most half as much as the run with twice
 //! the steps does. The network evaluations of all runs are counted and reported.
 //!
+//! The change against the run without a jump also holds the sampler's own error on the
+//! steps the (exact) jump replaces, so on a schedule whose first steps are coarse the choice
+//! errs on the safe side. On the bundled MNIST (EDM Heun, 18 steps) the ideal model's final
+//! samples are training items, so a final-sample change is all or nothing per sample; there
+//! 16 draws chose k = 4 for 5 of 7 seeds tried, 5 for the others (see the README).
+//!
 //! Samplers: [`Sampler::Heun`] is [`crate::sampler::edm_heun`] (Karras et al. Algorithm 1, no
 //! churn; EDM levels, alpha = 1), [`Sampler::Euler`] is [`crate::sampler::ddim`], which is
 //! Euler on EDM levels, deterministic DDIM on VP levels and flow-matching Euler on flow
