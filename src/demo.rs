@@ -174,7 +174,7 @@ impl Default for Options {
             out: PathBuf::from("demo-out"),
             device: Device::Auto,
             progress: true,
-            calibration_batch: 16,
+            calibration_batch: 32,
         }
     }
 }

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, default_value_t = 18)]
     steps: usize,
     /// Calibration noise draws
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Seed of the calibration noise
     #[arg(long, default_value_t = 1)]

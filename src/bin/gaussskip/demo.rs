@@ -90,7 +90,7 @@ pub struct Args {
     device: DeviceArg,
     /// Noise draws (seed + 1) to calibrate the hand-off on, shown next to the table (0: no
     /// calibration)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     calibration_batch: usize,
 }
 
