@@ -317,12 +317,15 @@ fn format_small(v: f64) -> String {
     }
 }
 
+/// One recorded step: the level, the state and the network's x0-prediction there.
+type Recorded = (Noise, Vec<f32>, Vec<f32>);
+
 /// The denoiser seen by the calibration: counts evaluations, rejects non-finite outputs, and
 /// optionally records every step's state and x0-prediction (the reference trajectory).
 struct Counted<'a, D: ?Sized> {
     inner: &'a mut D,
     calls: usize,
-    record: Option<Vec<(Noise, Vec<f32>, Vec<f32>)>>,
+    record: Option<Vec<Recorded>>,
 }
 
 impl<D: Denoiser<f32> + ?Sized> Denoiser<f32> for Counted<'_, D> {
