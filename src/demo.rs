@@ -11,6 +11,8 @@
 //!    training image as without the jump (the ideal model ends on training items, so this
 //!    says whether the jump kept each sample's identity).
 //! 5. Write pictures: the final samples per k, and the "outline first, details later" strip.
+//! 6. Calibrate the hand-off on a separate batch of noise ([`crate::calibrate`], the ideal
+//!    model playing the user's network) and show the calibrated k next to the table.
 
 pub mod classes;
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::calibrate::{self, Calibration, Sampler};
 use crate::context::{Context, Device};
 use crate::error::{Error, Result};
 use crate::fit::{
@@ -76,8 +79,20 @@ impl Schedule {
         }
     }
 
+    /// The sampler of this schedule as [`crate::calibrate`] names it: Heun for EDM, Euler
+    /// (which is DDIM and flow-matching Euler on those levels) for VP and flow.
+    pub fn sampler(self) -> Sampler {
+        match self {
+            Schedule::Edm => Sampler::Heun,
+            Schedule::Vp | Schedule::Flow => Sampler::Euler,
+        }
+    }
+
     /// The schedule's levels, noisiest first, ending on the clean level.
-    fn levels(self, steps: usize) -> Result<Vec<Noise>> {
+    ///
+    /// # Errors
+    /// `InvalidArgument` for `steps` out of the schedule's range.
+    pub fn levels(self, steps: usize) -> Result<Vec<Noise>> {
         match self {
             Schedule::Edm => Ok(karras_sigmas(steps, 0.002, 80.0, 7.0)?
                 .into_iter()
@@ -142,6 +157,9 @@ pub struct Options {
     pub device: Device,
     /// Show a progress bar on standard error.
     pub progress: bool,
+    /// Calibration draws (0: no calibration); the calibration noise is drawn with seed
+    /// `seed + 1`, apart from the table's.
+    pub calibration_batch: usize,
 }
 
 impl Default for Options {
@@ -158,6 +176,7 @@ impl Default for Options {
             out: PathBuf::from("demo-out"),
             device: Device::Auto,
             progress: true,
+            calibration_batch: 32,
         }
     }
 }
@@ -271,6 +290,8 @@ pub struct Report {
     pub top_eigval: f64,
     /// One row per k.
     pub rows: Vec<SkipRow>,
+    /// The hand-off calibrated on `calibration_batch` other draws (None when 0).
+    pub calibration: Option<Calibration>,
     /// Files written (pictures and the table).
     pub files: Vec<PathBuf>,
     /// Why pictures were not drawn, if they were not.
@@ -291,6 +312,7 @@ impl Report {
         s.push_str(
             "   k  sigma at hand-off  NFE  NFE saved  RMS to k=0  same nearest training image\n",
         );
+        let calibrated = self.calibration.as_ref().map(|c| c.k);
         for r in &self.rows {
             let sigma = r.handoff.edm_sigma();
             let saved = format!(
@@ -303,8 +325,13 @@ impl Report {
             } else {
                 format!("{:.4}", r.rms_to_full)
             };
+            let mark = if calibrated == Some(r.k) {
+                "  <- calibrated k"
+            } else {
+                ""
+            };
             s.push_str(&format!(
-                "{:>4}  {:>17}  {:>3}  {:>9}  {:>10}  {:>5}/{} ({:.0}%)\n",
+                "{:>4}  {:>17}  {:>3}  {:>9}  {:>10}  {:>5}/{} ({:.0}%){mark}\n",
                 r.k,
                 format_sigma(sigma),
                 r.nfe,
@@ -501,6 +528,35 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
         finals.push(x);
     }
+    let calibration = if opts.calibration_batch > 0 {
+        bar.set_message("calibrating");
+        // Reference, step check (about twice the steps) and a few candidates: an estimate,
+        // as the candidates stop at the first beyond the tolerance.
+        let sampler = opts.schedule.sampler();
+        let estimate = 3 * sampler.nfe(&levels, 0)
+            + (1..=opts.max_skip.min(6))
+                .map(|k| sampler.nfe(&levels, k))
+                .sum::<usize>();
+        bar.inc_length(estimate as u64);
+        let mut den = Ideal {
+            ideal: &ideal,
+            bar: &bar,
+            record_rows: 0,
+            record: Vec::new(),
+        };
+        Some(calibrate_ideal(
+            &ctx,
+            &model,
+            &mut den,
+            &levels,
+            opts.schedule.sampler(),
+            opts.calibration_batch,
+            opts.seed.wrapping_add(1),
+            &data.rows,
+        )?)
+    } else {
+        None
+    };
     bar.set_message("classes");
     let class_table = classes::run(opts, &data, &model, &ctx, &levels, &noise, &ideal, &bar)?;
     bar.finish_and_clear();
@@ -520,6 +576,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         top_eigval: model.eigvals()[0],
         device,
         rows,
+        calibration,
         files: Vec::new(),
         no_pictures: None,
         prepare_time,
@@ -600,6 +657,42 @@ pub fn run(opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// Calibrates the hand-off of `sampler` on `levels` with `den` (the ideal model of
+/// `reference`, the dataset, or any denoiser) from `batch` noise draws of seed `seed`, with
+/// the default tolerance, reporting same-nearest against `reference`.
+///
+/// # Errors
+/// Those of [`crate::calibrate::calibrate`].
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate_ideal<D: Denoiser<f32>>(
+    ctx: &Context,
+    model: &Model,
+    den: &mut D,
+    levels: &[Noise],
+    sampler: Sampler,
+    batch: usize,
+    seed: u64,
+    reference: &[f32],
+) -> Result<Calibration> {
+    let x_t: Vec<f32> = Rng::new(seed)
+        .normals(batch * model.dim())
+        .into_iter()
+        .map(|e| (levels[0].sigma * e) as f32)
+        .collect();
+    calibrate::calibrate(
+        ctx,
+        model,
+        den,
+        levels,
+        &x_t,
+        &calibrate::Options {
+            sampler,
+            reference: Some(reference),
+            ..calibrate::Options::default()
+        },
+    )
+}
+
 /// NFE of a run of `steps` steps that starts at step `k`.
 fn run_nfe(schedule: Schedule, steps: usize, k: usize) -> usize {
     match schedule {
@@ -610,7 +703,10 @@ fn run_nfe(schedule: Schedule, steps: usize, k: usize) -> usize {
 
 /// Fits the full-rank Gaussian of the demo (the papers' setting: every eigenvalue kept,
 /// nothing off the subspace).
-fn fit(data: &Dataset) -> Result<Model> {
+///
+/// # Errors
+/// Those of [`crate::fit::fit_model`].
+pub fn fit(data: &Dataset) -> Result<Model> {
     let mut moments = Moments::new(data.dim);
     moments.add_rows(&data.rows)?;
     fit_model(
@@ -624,6 +720,7 @@ fn fit(data: &Dataset) -> Result<Model> {
                 sample_count: data.items as u64,
                 source: "gaussskip demo".to_string(),
                 fit: None,
+                calibrations: Default::default(),
             },
         },
     )

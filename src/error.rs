@@ -74,6 +74,10 @@ pub enum Error {
     /// A dataset that cannot be fitted (empty, mixed shapes, unreadable items).
     #[error("dataset: {0}")]
     Dataset(String),
+
+    /// A caller's callback (e.g. the network a calibration evaluates) reported a failure.
+    #[error("callback failed: {0}")]
+    Callback(String),
 }
 
 impl Error {

@@ -62,6 +62,8 @@ pub enum gs_status {
     GS_ERR_DATASET = 13,
     /// A bug: the library panicked. The message says where; please report it.
     GS_ERR_INTERNAL = 14,
+    /// A caller's callback returned a failure (the calibration's denoiser).
+    GS_ERR_CALLBACK = 15,
 }
 
 /// Element type codes for `dtype` arguments.
@@ -114,7 +116,7 @@ impl gs_model {
 
 /// A CPU context or one CUDA device's context.
 pub struct gs_context {
-    inner: Context,
+    pub(crate) inner: Context,
 }
 
 /// Streaming, mergeable moments of a dataset (count, mean, centred second moments, f64).
@@ -148,6 +150,7 @@ fn status_of(e: &Error) -> gs_status {
         Error::Cuda(_) => GS_ERR_CUDA,
         Error::OutOfMemory(_) => GS_ERR_OUT_OF_MEMORY,
         Error::Dataset(_) => GS_ERR_DATASET,
+        Error::Callback(_) => GS_ERR_CALLBACK,
     }
 }
 
@@ -260,6 +263,7 @@ pub extern "C" fn gs_status_message(status: u32) -> *const c_char {
         12 => "out of memory\0",
         13 => "dataset cannot be fitted\0",
         14 => "internal error\0",
+        15 => "a callback reported a failure\0",
         _ => "unknown status code\0",
     };
     text.as_ptr() as *const c_char

@@ -167,7 +167,7 @@ pub(crate) fn check_len(len: *mut usize) -> Result<(), Error> {
 }
 
 /// Rows `x[rows * dim]` of a host array, with the product checked.
-fn rows_of<'a, T>(x: *const T, rows: usize, dim: usize) -> Result<&'a [T], Error> {
+pub(crate) fn rows_of<'a, T>(x: *const T, rows: usize, dim: usize) -> Result<&'a [T], Error> {
     let n = rows
         .checked_mul(dim)
         .ok_or_else(|| Error::arg("rows", "rows x dim overflows"))?;

@@ -27,11 +27,13 @@
 //! error ‖out − ref‖/‖ref‖ ≤ 1e-5 of it.
 
 pub mod backend;
+pub mod calibrate;
 pub mod context;
 pub mod demo;
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+pub mod ffi_calibrate;
 pub mod ffi_components;
 pub mod ffi_fit;
 pub mod fit;

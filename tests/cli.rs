@@ -44,6 +44,7 @@ fn model_file(dir: &Path) -> (PathBuf, Model) {
         sample_count: 1234,
         source: "cli test".into(),
         fit: None,
+        calibrations: Default::default(),
     };
     let model = Model::from_parts(mean, EIGVALS.to_vec(), eigvecs, RESIDUAL_VAR, meta).unwrap();
     let path = dir.join("model.safetensors");

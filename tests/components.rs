@@ -42,7 +42,7 @@ fn meta(count: u64) -> ModelMeta {
         value_space: "[-1,1]".into(),
         sample_count: count,
         source: "components test".into(),
-        fit: None,
+        ..ModelMeta::default()
     }
 }
 

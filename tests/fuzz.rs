@@ -100,7 +100,7 @@ fn model_bytes(dir: &Path, rng: &mut Rng, dim: usize, rank: usize, shape: Vec<us
             value_space: "[-1,1]".into(),
             sample_count: 77,
             source: "fuzz corpus".into(),
-            fit: None,
+            ..ModelMeta::default()
         },
     )
     .expect("corpus model");

@@ -1,5 +1,5 @@
 //! The committed C header must be exactly what the pinned cbindgen generates from src/ffi.rs,
-//! src/ffi_fit.rs and src/ffi_components.rs.
+//! src/ffi_fit.rs, src/ffi_components.rs and src/ffi_calibrate.rs.
 //! Run with GAUSSSKIP_BLESS=1 to rewrite it after an intended ABI change.
 
 use std::path::Path;
@@ -14,6 +14,7 @@ fn committed_header_is_current() {
         .with_src(root.join("src/ffi.rs"))
         .with_src(root.join("src/ffi_fit.rs"))
         .with_src(root.join("src/ffi_components.rs"))
+        .with_src(root.join("src/ffi_calibrate.rs"))
         .generate()
         .expect("cbindgen failed on the src/ffi*.rs files")
         .write(&mut generated);

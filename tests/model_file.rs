@@ -74,6 +74,7 @@ fn meta() -> ModelMeta {
         sample_count: 12_345_678_901,
         source: "hand-made test model, ünïcode and \"quotes\"".into(),
         fit: None,
+        calibrations: Default::default(),
     }
 }
 

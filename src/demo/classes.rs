@@ -151,7 +151,7 @@ pub(super) fn run(
                 value_space: "[-1,1]".to_string(),
                 sample_count: 0,
                 source: "the demo's data, one Gaussian per class".to_string(),
-                fit: None,
+                ..ModelMeta::default()
             },
         },
     )?;

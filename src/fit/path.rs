@@ -151,6 +151,7 @@ pub fn fit_path(path: &Path, opts: &PathFitOptions) -> Result<PathFit> {
         sample_count: 0,
         source: opts.source.clone(),
         fit: None,
+        calibrations: Default::default(),
     };
     let fit_opts = FitOptions {
         rank: opts.rank,

@@ -152,6 +152,18 @@ impl Model {
         Ok(model.with_label(c.label.clone()))
     }
 
+    /// A copy of this model, every component, with the whole model's metadata replaced by
+    /// `meta` (its `sample_count` is again the sum of the components' counts).
+    ///
+    /// # Errors
+    /// `OutOfMemory`; `InvalidModel` when `meta.item_shape` does not fit the dimension.
+    pub fn with_meta(&self, meta: ModelMeta) -> Result<Model> {
+        let parts = (0..self.n_components())
+            .map(|k| self.component(k))
+            .collect::<Result<Vec<_>>>()?;
+        Model::from_components(parts, meta)
+    }
+
     /// Component `k`'s Gaussian, for the backends (they read only its arrays and identity).
     pub(crate) fn part(&self, k: usize) -> &Model {
         if k == 0 {

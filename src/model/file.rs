@@ -147,6 +147,10 @@ impl Model {
             sample_count,
             source: meta_map.get("source").cloned().unwrap_or_default(),
             fit: FitInfo::from_metadata(&meta_map).map_err(bad)?,
+            calibrations: match meta_map.get(crate::calibrate::store::METADATA_KEY) {
+                Some(text) => crate::calibrate::Calibrations::from_json(text).map_err(bad)?,
+                None => Default::default(),
+            },
         };
         let counted: Option<u64> = components
             .iter()

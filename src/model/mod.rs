@@ -49,6 +49,9 @@ pub struct ModelMeta {
     pub source: String,
     /// How the model was fitted (`None` when unknown, e.g. a model built from parts).
     pub fit: Option<FitInfo>,
+    /// Hand-off calibrations, one per sampler and schedule (metadata key `calibration`,
+    /// JSON; see [`crate::calibrate`]).
+    pub calibrations: crate::calibrate::Calibrations,
 }
 
 /// How the eigenpairs of a fitted model were computed (SPEC §6).
@@ -313,7 +316,8 @@ impl Model {
             .push(hook);
     }
 
-    /// The metadata the model file stores (SPEC §7, the `fit_*` keys and `components`), as
+    /// The metadata the model file stores (SPEC §7, the `fit_*` keys, `components` and
+    /// `calibration`), as
     /// text.
     pub fn file_metadata(&self) -> BTreeMap<String, String> {
         let shape_text = self
@@ -347,6 +351,12 @@ impl Model {
             "components".to_string(),
             serde_json::Value::Array(components).to_string(),
         );
+        if !self.meta.calibrations.is_empty() {
+            meta.insert(
+                crate::calibrate::store::METADATA_KEY.to_string(),
+                self.meta.calibrations.to_json(),
+            );
+        }
         meta
     }
 }

@@ -328,8 +328,8 @@ static void check_identity(const char *want_version) {
           gs_abi_version(), (unsigned)GS_ABI_VERSION);
     CHECK(strcmp(gs_version(), want_version) == 0, "gs_version() = \"%s\", crate is \"%s\"",
           gs_version(), want_version);
-    const char *known[GS_ERR_INTERNAL + 1];
-    for (uint32_t s = 0; s <= GS_ERR_INTERNAL; s++) {
+    const char *known[GS_ERR_CALLBACK + 1];
+    for (uint32_t s = 0; s <= GS_ERR_CALLBACK; s++) {
         known[s] = gs_status_message(s);
         CHECK(known[s] != NULL && known[s][0] != '\0', "gs_status_message(%u) is empty", s);
         for (uint32_t t = 0; t < s; t++) {
@@ -337,11 +337,11 @@ static void check_identity(const char *want_version) {
                   t, known[s]);
         }
     }
-    const char *unknown = gs_status_message(GS_ERR_INTERNAL + 1);
+    const char *unknown = gs_status_message(GS_ERR_CALLBACK + 1);
     CHECK(unknown != NULL && unknown[0] != '\0', "unknown status has no message");
     CHECK(strcmp(unknown, gs_status_message(0xFFFFFFFFu)) == 0,
           "two unknown codes give different messages");
-    for (uint32_t s = 0; s <= GS_ERR_INTERNAL; s++) {
+    for (uint32_t s = 0; s <= GS_ERR_CALLBACK; s++) {
         CHECK(strcmp(unknown, known[s]) != 0, "unknown code reads like status %u", s);
     }
     gs_noise e = gs_noise_edm(3.5), v = gs_noise_vp(0.36), f = gs_noise_flow(0.25);

@@ -10,8 +10,10 @@ the package (``GAUSSSKIP_LIB`` points to another build: see ``gaussskip._lib``).
 """
 
 from . import integrations
+from .calibrate import Calibration, calibrate, calibrated_k, x0_denoiser
 from ._lib import ABI_VERSION, library_path
 from .errors import (
+    CallbackError,
     CudaError,
     DatasetError,
     FileFormatError,
@@ -46,6 +48,7 @@ def library_version() -> str:
 
 __all__ = [
     "ABI_VERSION",
+    "Calibration",
     "CudaError",
     "DatasetError",
     "FileFormatError",
@@ -54,6 +57,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "InvalidModelError",
+    "CallbackError",
     "InvalidNoiseError",
     "LibraryNotFoundError",
     "Model",
@@ -65,6 +69,8 @@ __all__ = [
     "OutOfMemoryError",
     "ShapeMismatchError",
     "Sketch",
+    "calibrate",
+    "calibrated_k",
     "UnsupportedDtypeError",
     "choose_skip",
     "diffusers_pipeline_skip",
@@ -79,4 +85,5 @@ __all__ = [
     "library_path",
     "library_version",
     "vp",
+    "x0_denoiser",
 ]

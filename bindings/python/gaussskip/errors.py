@@ -81,6 +81,13 @@ class InternalError(GaussSkipError, RuntimeError):
     status = 14
 
 
+class CallbackError(GaussSkipError, RuntimeError):
+    """A caller's callback (the network a calibration evaluates) reported a failure; the
+    Python bindings re-raise the callback's own exception instead."""
+
+    status = 15
+
+
 class LibraryNotFoundError(OSError):
     """libgaussskip could not be found or loaded; the message lists where it looked."""
 
@@ -102,6 +109,7 @@ _BY_STATUS: Dict[int, Type[GaussSkipError]] = {
         OutOfMemoryError,
         DatasetError,
         InternalError,
+        CallbackError,
     )
 }
 

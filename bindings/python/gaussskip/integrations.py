@@ -12,6 +12,10 @@ schedule by one exact jump, then the sampler runs the rest unchanged.
   ``scheduler.set_timesteps(N)``, then loop over ``timesteps``.
 * :func:`choose_skip`: the largest k allowed by a sigma floor and/or a maximum jump.
 
+``k="auto"`` (k-diffusion, EDM and diffusers helpers) takes the k that
+:func:`gaussskip.calibrate` stored in the model for this sampler and schedule, and raises
+``InvalidArgumentError`` when the model holds none.
+
 The state ``x`` may be a NumPy array or a PyTorch tensor (CPU or CUDA), as for
 :meth:`Model.skip`. Schedules may be lists, NumPy arrays or tensors.
 """
@@ -19,10 +23,11 @@ The state ``x`` may be a NumPy array or a PyTorch tensor (CPU or CUDA), as for
 import copy
 import inspect
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from .calibrate import resolve_k
 from .model import Model
 from .noise import Noise, flow, karras_sigmas, vp
 
@@ -40,10 +45,12 @@ def _float(v) -> float:
     return float(v.item()) if hasattr(v, "item") else float(v)
 
 
-def kdiffusion_skip(model: Model, x, sigmas, k: int) -> Tuple[Any, Any]:
+def kdiffusion_skip(model: Model, x, sigmas, k: Union[int, str], *, sampler: str = "heun") -> Tuple[Any, Any]:
     """Jumps ``x`` (k-diffusion state ``noise * sigmas[0]``) to ``sigmas[k]`` and returns
     ``(x_skip, sigmas[k:])`` for any k-diffusion sampler (``sample_heun``, ``sample_euler``,
-    ``sample_dpmpp_2m``, ...). ``k = 0`` returns the inputs unchanged."""
+    ``sample_dpmpp_2m``, ...). ``k = 0`` returns the inputs unchanged. ``k="auto"``: the k
+    calibrated for ``sampler`` (``"heun"`` or ``"euler"``) on ``sigmas``."""
+    k = resolve_k(model, k, sigmas, sampler)
     n = len(sigmas)
     if not 0 <= k <= n - 2:
         raise ValueError(f"k must be in 0..={n - 2} so that at least one step remains, got {k}")
@@ -90,7 +97,7 @@ def choose_skip(
 def edm_sampler_skip(
     model: Model,
     latents,
-    k: int,
+    k: Union[int, str],
     *,
     num_steps: int = 18,
     sigma_min: float = 0.002,
@@ -104,7 +111,10 @@ def edm_sampler_skip(
 
     The restarted schedule is exactly steps k..N-1 of the original one: both are linear in
     sigma^(1/rho) with the same increment, so the sampler reproduces the remaining steps.
+    ``k="auto"``: the k calibrated for Heun on this schedule (``edm_sampler`` is Heun).
     """
+    if isinstance(k, str):
+        k = resolve_k(model, k, karras_sigmas(num_steps, sigma_min, sigma_max, rho), "heun")
     if not 0 <= k <= num_steps - 2:
         raise ValueError(f"k must be in 0..={num_steps - 2} (the sampler needs 2 levels), got {k}")
     t = karras_sigmas(num_steps, sigma_min, sigma_max, rho)
@@ -190,7 +200,7 @@ def diffusers_skip(
     model: Model,
     scheduler: Any,
     latents: Any,
-    k: int,
+    k: Union[int, str],
     *,
     parameterization: Optional[str] = None,
 ) -> Tuple[Any, Any]:
@@ -206,8 +216,12 @@ def diffusers_skip(
     as Stable Diffusion configures it).
 
     For ``pipe(...)`` calls rather than your own loop, see :func:`diffusers_pipeline_skip`.
-    LMS warns: its multistep history restarts after the jump.
+    LMS warns: its multistep history restarts after the jump. ``k="auto"``: the k calibrated
+    on this scheduler's levels (see :func:`diffusers_levels`), for Heun when the scheduler
+    is Heun's (order 2), else Euler.
     """
+    if isinstance(k, str):
+        k = resolve_k(model, k, diffusers_levels(scheduler, parameterization), _diffusers_sampler(scheduler))
     _warn_if_multistep_history(scheduler, k)
     if _is_pndm(scheduler):
         return _pndm_skip(model, scheduler, latents, k, parameterization)
@@ -223,6 +237,21 @@ def diffusers_skip(
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return latents, scheduler.timesteps[start:]
+
+
+def diffusers_levels(scheduler: Any, parameterization: Optional[str] = None) -> List[Noise]:
+    """The noise levels of a diffusers scheduler after ``set_timesteps``, one per step
+    (noisiest first), then the clean level: the schedule to pass to
+    :func:`gaussskip.calibrate` (in the scheduler's own space; calibrate with
+    ``sampler="euler"``, or ``"heun"`` for an EDM-style Heun scheduler)."""
+    order = int(getattr(scheduler, "order", 1))
+    n = len(scheduler.timesteps) // order
+    levels = [scheduler_level(scheduler, i * order, parameterization) for i in range(n)]
+    return levels + [Noise(1.0, 0.0)]
+
+
+def _diffusers_sampler(scheduler: Any) -> str:
+    return "heun" if int(getattr(scheduler, "order", 1)) == 2 else "euler"
 
 
 def _pndm_skip(model: Model, scheduler: Any, latents: Any, k: int, parameterization: Optional[str]) -> Tuple[Any, Any]:
@@ -352,6 +381,7 @@ def _same_schedule(trial: Any, work: Any, start: int) -> bool:
 __all__ = [
     "SkipChoice",
     "choose_skip",
+    "diffusers_levels",
     "diffusers_skip",
     "diffusers_pipeline_skip",
     "edm_sampler_skip",

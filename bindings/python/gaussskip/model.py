@@ -83,6 +83,17 @@ class Model:
         self.dim = int(lib.gs_model_dim(handle))
         self.rank = int(lib.gs_model_rank(handle))
 
+    def _adopt_handle(self, handle: ctypes.c_void_p, metadata: Dict[str, str]) -> None:
+        """Internal (calibration): makes ``handle`` (the same model with more metadata) this
+        object's library model. The previous handle is freed only with this object, as calls
+        in flight on other threads may still use it."""
+        lib = _lib.load()
+        self._handle = handle
+        self._retired = getattr(self, "_retired", []) + [self._finalizer]
+        self._finalizer = weakref.finalize(self, lib.gs_model_free, handle)
+        self._metadata = dict(metadata)
+        self.__dict__.pop("_linear", None)
+
     # ---- construction and files -------------------------------------------------------
 
     @classmethod

@@ -20,6 +20,16 @@ pub enum ScheduleArg {
     Flow,
 }
 
+impl From<ScheduleArg> for Schedule {
+    fn from(s: ScheduleArg) -> Schedule {
+        match s {
+            ScheduleArg::Edm => Schedule::Edm,
+            ScheduleArg::Vp => Schedule::Vp,
+            ScheduleArg::Flow => Schedule::Flow,
+        }
+    }
+}
+
 /// Where the Gaussian operations run.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DeviceArg {
@@ -29,6 +39,16 @@ pub enum DeviceArg {
     Cpu,
     /// CUDA device 0 for the jump (the ideal model stays on the CPU).
     Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Device {
+        match d {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
 }
 
 /// Arguments of `gaussskip demo`.
@@ -68,6 +88,10 @@ pub struct Args {
     /// Where the Gaussian jump runs
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Noise draws (seed + 1) to calibrate the hand-off on, shown next to the table (0: no
+    /// calibration)
+    #[arg(long, default_value_t = 32)]
+    calibration_batch: usize,
 }
 
 /// Runs `gaussskip demo` and prints its table.
@@ -79,22 +103,15 @@ pub fn run(args: Args) -> gaussskip::Result<()> {
             .unwrap_or_else(|| PathBuf::from(demo::BUNDLED_DATA)),
         scale: args.scale.as_deref().map(str::parse).transpose()?,
         model: args.model,
-        schedule: match args.schedule {
-            ScheduleArg::Edm => Schedule::Edm,
-            ScheduleArg::Vp => Schedule::Vp,
-            ScheduleArg::Flow => Schedule::Flow,
-        },
+        schedule: args.schedule.into(),
         steps: args.steps,
         batch: args.batch,
         seed: args.seed,
         max_skip: args.max_skip,
         out: args.out,
-        device: match args.device {
-            DeviceArg::Auto => Device::Auto,
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-        },
+        device: args.device.into(),
         progress: std::io::stderr().is_terminal(),
+        calibration_batch: args.calibration_batch,
     };
     let report = demo::run(&opts)?;
     println!("{}\n", report.summary());
@@ -103,6 +120,10 @@ pub fn run(args: Args) -> gaussskip::Result<()> {
         println!("(sigma at hand-off is sigma/alpha, the EDM-equivalent noise level)");
     }
     println!();
+    if let Some(cal) = &report.calibration {
+        println!("calibrated on {} other draws: {}", cal.batch, cal.summary());
+        println!("(gaussskip calibrate prints its table)\n");
+    }
     println!(
         "Each run starts from the same noise; k > 0 jumps over the first k steps with the\n\
          Gaussian's exact PF-ODE map and resumes the sampler at step k."

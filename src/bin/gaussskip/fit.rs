@@ -213,7 +213,7 @@ fn run_classes(args: &Args, rank: Rank, scale: Option<Scale>, labels: LabelSourc
                 .source
                 .clone()
                 .unwrap_or_else(|| args.input.display().to_string()),
-            fit: None,
+            ..ModelMeta::default()
         },
     };
     let model = fit_classes(&loaded, &opts)?;

@@ -1,5 +1,6 @@
 //! `gaussskip` command-line tool. With no subcommand it runs `demo`.
 
+mod calibrate;
 mod demo;
 mod fit;
 mod info;
@@ -31,6 +32,8 @@ enum Command {
     Fit(fit::Args),
     /// The main job: fit MNIST, sample with the ideal model with and without jumps, report.
     Demo(demo::Args),
+    /// Calibrate the hand-off (how many steps the jump may replace) on a dataset's ideal model.
+    Calibrate(calibrate::Args),
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         Command::Skip(a) => skip::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     };
     if let Err(e) = result {
         eprintln!("gaussskip: error: {e}");
