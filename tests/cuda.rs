@@ -1416,3 +1416,140 @@ fn cuda_is_reported_clearly_and_auto_stays_on_the_cpu() {
         Err(other) => panic!("a missing GPU must be NoCuda, got {other:?}"),
     }
 }
+
+/// Rows of several components on device buffers: one launch pair over the groups; each row
+/// matches the CPU's call on its own component, for f16 and f32 eigenvectors, per-row levels
+/// and trajectories; a uniform batch stays capturable while a mixed one is refused in capture.
+#[test]
+fn rows_of_several_components_match_the_cpu_row_by_row() {
+    for storage in [EigvecStorage::F32, EigvecStorage::F16] {
+        let Some((ctx, _primary)) = cuda(storage) else {
+            return;
+        };
+        let mut rng = Rng::new(23);
+        let dim = 200;
+        let parts: Vec<Model> = [(200, false), (40, true), (7, false)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, flat))| random_model(dim, r, flat, &mut rng).with_label(format!("c{i}")))
+            .collect();
+        let model = Model::from_components(parts, gaussskip::ModelMeta::default()).unwrap();
+        let comp: Vec<u32> = (0..70).map(|i| [2u32, 0, 1, 1, 2, 0, 0][i % 7]).collect();
+        let batch = comp.len();
+        let x: Vec<f32> = rng
+            .normals(batch * dim)
+            .iter()
+            .map(|v| (20.0 * v) as f32)
+            .collect();
+        let per_row: Vec<Noise> = (0..batch)
+            .map(|i| Noise::edm(2.0 + i as f64 * 0.3))
+            .collect();
+        let traj = [Noise::edm(10.0), Noise::edm(1.0), Noise::edm(0.0)];
+        let ops = [
+            Op::Skip {
+                from: Noise::edm(30.0).into(),
+                to: Noise::edm(3.0).into(),
+            },
+            Op::Denoise {
+                at: Levels::PerRow(&per_row),
+            },
+            Op::X0Trajectory {
+                from: Noise::edm(30.0).into(),
+                levels: &traj,
+            },
+        ];
+        let tol = if storage == EigvecStorage::F16 {
+            4e-3
+        } else {
+            2e-5
+        };
+        let xd = DevMem::upload(bytemuck_f32(&x));
+        for op in ops {
+            let n_out = op.slabs() * batch * dim;
+            let od = DevMem::new(4 * n_out);
+            od.poison();
+            let s = stream();
+            unsafe {
+                ctx.apply_raw_components(
+                    &model,
+                    op,
+                    Dtype::F32,
+                    xd.cptr(),
+                    od.mptr(),
+                    batch,
+                    s as *mut c_void,
+                    Some(&comp),
+                )
+                .expect("grouped call");
+                result::stream::synchronize(s).unwrap();
+            }
+            let got: Vec<f32> = od
+                .download()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let mut want = vec![f32::NAN; n_out];
+            Context::cpu()
+                .apply_components(&model, op, &x, &mut want, Some(&comp))
+                .unwrap();
+            for (row, (a, b)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
+                let err = norm(a.iter().zip(b).map(|(p, q)| f64::from(p - q)))
+                    / norm(b.iter().map(|&v| f64::from(v)));
+                assert!(err <= tol, "{storage:?} {op:?} output row {row}: {err:.3e}");
+            }
+        }
+        // In capture: one component for all rows is fine after a warm-up, mixed rows are not.
+        let s = stream();
+        let od = DevMem::new(4 * batch * dim);
+        let skip = Op::Skip {
+            from: Noise::edm(30.0).into(),
+            to: Noise::edm(3.0).into(),
+        };
+        let uniform = vec![1u32; batch];
+        unsafe {
+            ctx.apply_raw_components(
+                &model,
+                skip,
+                Dtype::F32,
+                xd.cptr(),
+                od.mptr(),
+                batch,
+                s as *mut c_void,
+                Some(&uniform),
+            )
+            .unwrap();
+            result::stream::synchronize(s).unwrap();
+            begin(s);
+            ctx.apply_raw_components(
+                &model,
+                skip,
+                Dtype::F32,
+                xd.cptr(),
+                od.mptr(),
+                batch,
+                s as *mut c_void,
+                Some(&uniform),
+            )
+            .expect("a uniform batch is capturable");
+            let e = ctx
+                .apply_raw_components(
+                    &model,
+                    skip,
+                    Dtype::F32,
+                    xd.cptr(),
+                    od.mptr(),
+                    batch,
+                    s as *mut c_void,
+                    Some(&comp),
+                )
+                .unwrap_err();
+            let _ = end(s);
+            assert!(e.to_string().contains("cannot be captured"), "{e}");
+        }
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding; the byte view covers exactly the slice.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}

@@ -172,12 +172,143 @@ pub(crate) struct Uniform {
     pub residual_var: f64,
 }
 
+/// Device addresses of a grouped call's tables (see [`GroupTables`]).
+pub(crate) struct GroupPointers {
+    pub groups: u64,
+    pub order: u64,
+    pub tile_group1: u64,
+    pub tile_group2: u64,
+}
+
+/// The tables of a call whose rows use several components (kernels/common.cuh): the call's
+/// component table, rows ordered by component (stable), one group per component used with
+/// its first row tile in each launch, and the group of every row tile.
+#[derive(Debug)]
+pub(crate) struct GroupTables {
+    pub components: Vec<GsComponent>,
+    pub groups: Vec<GsGroup>,
+    pub order: Vec<i64>,
+    pub tile_group1: Vec<i32>,
+    pub tile_group2: Vec<i32>,
+}
+
+/// Byte offsets of [`GroupTables`] laid out one after the other (8-byte aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GroupOffsets {
+    pub components: usize,
+    pub groups: usize,
+    pub order: usize,
+    pub tile_group1: usize,
+    pub tile_group2: usize,
+    pub total: usize,
+}
+
+impl GroupTables {
+    /// `component_of[row]` indexes `entries` (and `residual`, the residual variance the
+    /// launcher chose for that component); `bm1`/`bm2` are the launches' tile heights.
+    pub fn new(
+        component_of: &[u32],
+        entries: Vec<GsComponent>,
+        residual: &[f64],
+        bm1: usize,
+        bm2: usize,
+        slabs: usize,
+    ) -> GroupTables {
+        let mut order: Vec<i64> = (0..component_of.len() as i64).collect();
+        order.sort_by_key(|&r| component_of[r as usize]);
+        let (mut groups, mut tile_group1, mut tile_group2) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tile1, mut tile2) = (0usize, 0usize);
+        let mut pos = 0usize;
+        while pos < order.len() {
+            let c = component_of[order[pos] as usize];
+            let count = order[pos..]
+                .iter()
+                .take_while(|&&r| component_of[r as usize] == c)
+                .count();
+            let g = groups.len() as i32;
+            let (t1, t2) = (count.div_ceil(bm1), (slabs * count).div_ceil(bm2));
+            groups.push(GsGroup {
+                first: pos as i64,
+                count: count as i64,
+                tile1: tile1 as i64,
+                tile2: tile2 as i64,
+                component: i64::from(c),
+                residual_var: residual[c as usize],
+            });
+            tile_group1.extend(std::iter::repeat_n(g, t1));
+            tile_group2.extend(std::iter::repeat_n(g, t2));
+            tile1 += t1;
+            tile2 += t2;
+            pos += count;
+        }
+        GroupTables {
+            components: entries,
+            groups,
+            order,
+            tile_group1,
+            tile_group2,
+        }
+    }
+
+    /// Where each table goes, from byte 0.
+    pub fn offsets(&self) -> GroupOffsets {
+        let next = |at: usize, bytes: usize| (at + bytes).next_multiple_of(8);
+        let components = 0;
+        let groups = next(components, 32 * self.components.len());
+        let order = next(groups, 48 * self.groups.len());
+        let tile_group1 = next(order, 8 * self.order.len());
+        let tile_group2 = next(tile_group1, 4 * self.tile_group1.len());
+        let total = next(tile_group2, 4 * self.tile_group2.len());
+        GroupOffsets {
+            components,
+            groups,
+            order,
+            tile_group1,
+            tile_group2,
+            total,
+        }
+    }
+
+    /// The tables as the device reads them (little-endian, at [`GroupTables::offsets`]).
+    pub fn bytes(&self) -> Vec<u8> {
+        let o = self.offsets();
+        let mut b = vec![0u8; o.total];
+        let mut put = |at: &mut usize, v: &[u8]| {
+            b[*at..*at + v.len()].copy_from_slice(v);
+            *at += v.len();
+        };
+        let mut at = o.components;
+        for c in &self.components {
+            for v in [c.mean, c.eigvecs, c.eigvals, c.rank as u64] {
+                put(&mut at, &v.to_le_bytes());
+            }
+        }
+        at = o.groups;
+        for g in &self.groups {
+            for v in [g.first, g.count, g.tile1, g.tile2, g.component] {
+                put(&mut at, &v.to_le_bytes());
+            }
+            put(&mut at, &g.residual_var.to_le_bytes());
+        }
+        at = o.order;
+        for r in &self.order {
+            put(&mut at, &r.to_le_bytes());
+        }
+        at = o.tile_group1;
+        for t in self.tile_group1.iter().chain(&self.tile_group2) {
+            put(&mut at, &t.to_le_bytes());
+        }
+        b
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     p: &Pointers,
     g: &Geometry,
     levels: &LevelPlan,
     rows: &Uniform,
+    grouped: Option<&GroupPointers>,
     batch: usize,
     dim: usize,
     rank: usize,
@@ -187,14 +318,20 @@ pub(crate) fn build(
     let at = |off: usize| p.scratch + off as u64;
     let table = at(l.table);
     let level_bytes = std::mem::size_of::<GsLevel>() as u64;
-    GsArgs {
-        x: p.x,
-        out: p.out,
-        components: p.components,
+    let gp = grouped.unwrap_or(&GroupPointers {
         groups: 0,
         order: 0,
         tile_group1: 0,
         tile_group2: 0,
+    });
+    GsArgs {
+        x: p.x,
+        out: p.out,
+        components: p.components,
+        groups: gp.groups,
+        order: gp.order,
+        tile_group1: gp.tile_group1,
+        tile_group2: gp.tile_group2,
         part: at(l.part),
         q: at(l.q),
         qexp: at(l.qexp),
@@ -231,6 +368,40 @@ pub(crate) fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_order_rows_by_component_and_start_new_tiles() {
+        let rows = [2u32, 0, 2, 2, 0, 1];
+        let entries = vec![GsComponent::default(); 3];
+        let t = GroupTables::new(&rows, entries, &[0.5, 0.25, 0.125], 2, 4, 3);
+        assert_eq!(t.order, [1, 4, 5, 0, 2, 3]);
+        let g: Vec<(i64, i64, i64, i64, i64)> = t
+            .groups
+            .iter()
+            .map(|g| (g.first, g.count, g.tile1, g.tile2, g.component))
+            .collect();
+        // counts 2, 1, 3; launch 1 tiles of 2 rows: 1, 1, 2; launch 2 (3 slabs) of 4: 2, 1, 3.
+        assert_eq!(g, [(0, 2, 0, 0, 0), (2, 1, 1, 2, 1), (3, 3, 2, 3, 2)]);
+        assert_eq!(t.groups[2].residual_var, 0.125);
+        assert_eq!(t.tile_group1, [0, 1, 2, 2]);
+        assert_eq!(t.tile_group2, [0, 0, 1, 2, 2, 2]);
+        let o = t.offsets();
+        assert_eq!(
+            (o.groups, o.order, o.tile_group1, o.tile_group2),
+            (96, 240, 288, 304)
+        );
+        let b = t.bytes();
+        assert_eq!(b.len(), o.total);
+        assert_eq!(&b[o.order..o.order + 8], &1i64.to_le_bytes());
+        assert_eq!(
+            &b[o.tile_group2 + 8..o.tile_group2 + 12],
+            &1i32.to_le_bytes()
+        );
+        assert_eq!(
+            &b[o.groups + 48 + 40..o.groups + 96],
+            &0.25f64.to_le_bytes()
+        );
+    }
 
     #[test]
     fn uniform_levels_ride_inline_and_per_row_ones_go_to_the_table() {

@@ -101,16 +101,49 @@ impl Geometry {
         splits: Splits,
         table_bytes: usize,
     ) -> Result<Geometry> {
+        Self::grouped(
+            dim,
+            rank,
+            &[batch],
+            slabs,
+            storage,
+            sms,
+            splits,
+            table_bytes,
+        )
+    }
+
+    /// [`Geometry::new`] for rows in groups of `counts` rows (one group per component used;
+    /// each group starts a new row tile in both launches); `rank` is the largest rank.
+    ///
+    /// # Errors
+    /// As [`Geometry::new`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn grouped(
+        dim: usize,
+        rank: usize,
+        counts: &[usize],
+        slabs: usize,
+        storage: EigvecStorage,
+        sms: usize,
+        splits: Splits,
+        table_bytes: usize,
+    ) -> Result<Geometry> {
         let (ub, bk) = match storage {
             EigvecStorage::F16 => (2, 64),
             EigvecStorage::F32 => (4, 32),
         };
+        let batch = counts
+            .iter()
+            .try_fold(0usize, |a, &c| a.checked_add(c))
+            .ok_or_else(too_big)?;
+        let most = counts.iter().copied().max().unwrap_or(0);
         let rows2 = mul(slabs, batch)?;
-        let bm1 = if batch >= 64 { 64 } else { 32 };
-        let row_tiles1 = batch.div_ceil(bm1);
+        let bm1 = if most >= 64 { 64 } else { 32 };
+        let bm2 = if mul(slabs, most)? >= 128 { 128 } else { 32 };
+        let row_tiles1: usize = counts.iter().map(|c| c.div_ceil(bm1)).sum();
+        let row_tiles2: usize = counts.iter().map(|&c| (slabs * c).div_ceil(bm2)).sum();
         let mode_tiles = rank.div_ceil(BN);
-        let bm2 = if rows2 >= 128 { 128 } else { 32 };
-        let row_tiles2 = rows2.div_ceil(bm2);
         let col_tiles = dim.div_ceil(BN);
         let blocks1 = mul(row_tiles1, mode_tiles)?;
         let blocks2 = mul(row_tiles2, col_tiles)?;

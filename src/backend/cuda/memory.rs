@@ -317,6 +317,8 @@ pub(crate) struct DeviceModel {
     device: Arc<Device>,
     base: u64,
     pub components: u64,
+    /// The one-entry component table's entry (for grouped calls' own tables).
+    pub entry: GsComponent,
 }
 
 impl Drop for DeviceModel {
@@ -423,6 +425,7 @@ impl ModelCache {
             device: d.clone(),
             base,
             components: base + table as u64,
+            entry,
         });
         models.insert(model.id(), dm.clone());
         let cache: Weak<ModelCache> = Arc::downgrade(self);

@@ -355,6 +355,7 @@ impl CudaBackend {
         let dm = self.device_model(model, capturing)?;
         Ok(Call {
             dm,
+            grouped: None,
             geometry,
             levels,
             residual_var: cond.residual_var,
@@ -401,10 +402,26 @@ impl CudaBackend {
                 );
                 dev.upload_staged(scratch + l.table as u64, bytes, stream)?;
             }
+            let mut components = call.dm.components;
+            let mut grouped = None;
+            if let Some((tables, _)) = &call.grouped {
+                let base = scratch
+                    + l.table as u64
+                    + std::mem::size_of_val(call.levels.table.as_slice()) as u64;
+                dev.upload_staged(base, &tables.bytes(), stream)?;
+                let o = tables.offsets();
+                components = base + o.components as u64;
+                grouped = Some(args::GroupPointers {
+                    groups: base + o.groups as u64,
+                    order: base + o.order as u64,
+                    tile_group1: base + o.tile_group1 as u64,
+                    tile_group2: base + o.tile_group2 as u64,
+                });
+            }
             let pointers = Pointers {
                 x: call.x,
                 out: call.out,
-                components: call.dm.components,
+                components,
                 scratch,
             };
             let rows = Uniform {
@@ -416,6 +433,7 @@ impl CudaBackend {
                 g,
                 &call.levels,
                 &rows,
+                grouped.as_ref(),
                 call.batch,
                 call.dim,
                 call.rank,
@@ -497,10 +515,14 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Runs `op` with rows of several components on device buffers.
+    /// Runs `op` with rows of several components on device buffers: one launch pair over
+    /// all groups (rows ordered by component, per-group tiles), with the call's tables
+    /// uploaded per call, so it cannot be captured. The caller validated the levels against
+    /// every component used.
     ///
     /// # Safety
-    /// As [`CudaBackend::apply_device`].
+    /// As [`CudaBackend::apply_device`]; `components` holds `batch` indices below the
+    /// model's component count.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn apply_device_grouped(
         &self,
@@ -513,11 +535,91 @@ impl CudaBackend {
         stream: *mut c_void,
         components: &[u32],
     ) -> Result<()> {
-        let _ = (model, op, dtype, x, out, batch, stream, components);
-        Err(Error::arg(
-            "component",
-            "rows of different components in one call on CUDA device buffers are not supported yet: call once per component, or use host buffers",
-        ))
+        let _current = Current::make(self.device.ctx)?;
+        let stream = stream as sys::CUstream;
+        if capturing(stream)? {
+            return Err(Error::arg(
+                "component",
+                "rows of several components in one call upload a per-call table and cannot be captured in a graph; capture one call per component",
+            ));
+        }
+        let (d, slabs) = (model.dim(), op.slabs());
+        let k = model.n_components();
+        let mut counts = vec![0usize; k];
+        for &c in components {
+            counts[c as usize] += 1;
+        }
+        let mut entries = vec![args::GsComponent::default(); k];
+        let mut residual = vec![0.0; k];
+        let mut parts = Vec::new();
+        let mut rank = 0;
+        let groups = crate::rows::groups(components, k);
+        for c in (0..k).filter(|&c| counts[c] > 0) {
+            let part = model.part(c);
+            // The bound holds per component, over the levels of its own rows.
+            let sub = crate::rows::GroupOp::new(op, &groups[c]);
+            let cond = precision::condition(
+                &sub.op(),
+                counts[c],
+                part.eigvals(),
+                part.residual_var(),
+                part.rank() == d,
+                self.storage,
+            )?;
+            let dm = self.device_model(part, false)?;
+            entries[c] = dm.entry;
+            residual[c] = cond.residual_var;
+            rank = rank.max(part.rank());
+            parts.push(dm);
+        }
+        let bytes = |n: Option<usize>| {
+            n.and_then(|n| n.checked_mul(dtype.size()))
+                .ok_or_else(|| Error::arg("batch", "the buffer size overflows"))
+        };
+        pointers::check_buffer("x", x, bytes(batch.checked_mul(d))?, self.ordinal)?;
+        let out_len = batch.checked_mul(d).and_then(|n| n.checked_mul(slabs));
+        pointers::check_buffer("out", out, bytes(out_len)?, self.ordinal)?;
+        let levels = LevelPlan::new(&op);
+        let used: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+        // The smallest tile heights give the most tiles: room for the tables whatever the
+        // geometry picks.
+        let probe = args::GroupTables::new(components, entries.clone(), &residual, 32, 32, slabs);
+        let table_bytes = std::mem::size_of_val(levels.table.as_slice()) + probe.offsets().total;
+        let geometry = Geometry::grouped(
+            d,
+            rank,
+            &used,
+            slabs,
+            self.storage,
+            self.sms,
+            self.splits,
+            table_bytes,
+        )?;
+        let tables = args::GroupTables::new(
+            components,
+            entries,
+            &residual,
+            geometry.project.bm,
+            geometry.backproject.bm,
+            slabs,
+        );
+        let call = Call {
+            dm: parts[0].clone(),
+            grouped: Some((tables, parts)),
+            geometry,
+            levels,
+            residual_var: 0.0,
+            dtype,
+            x: x as u64,
+            out: out as u64,
+            batch,
+            dim: d,
+            rank,
+            slabs,
+        };
+        self.enqueue(&call, stream, None)?;
+        self.device.track(stream)?;
+        Ok(())
     }
 
     /// Runs `op` on host buffers: copies `x` to the device, runs on the context's own stream,
@@ -686,6 +788,9 @@ impl Drop for CudaBackend {
 /// A validated, planned call.
 struct Call {
     dm: Arc<DeviceModel>,
+    /// Rows of several components: the tables (uploaded after the levels) and the device
+    /// copies of the components they point to.
+    grouped: Option<(args::GroupTables, Vec<Arc<DeviceModel>>)>,
     geometry: Geometry,
     levels: LevelPlan,
     residual_var: f64,
