@@ -230,13 +230,8 @@ fn gaussian_x0_agrees_with_ideal_at_high_sigma_only() {
         worst_mid > 0.5,
         "same state, sigma 8..2: at most {worst_mid}"
     );
-    for i in at(2.0)..STEPS {
-        assert!(
-            own_path[i] > 0.5,
-            "own paths, sigma {}: {}",
-            r.sigmas[i],
-            own_path[i]
-        );
+    for (own, sigma) in own_path.iter().zip(&r.sigmas).take(STEPS).skip(at(2.0)) {
+        assert!(*own > 0.5, "own paths, sigma {sigma}: {own}");
     }
     // The departure grows as the noise falls, over the range the skip is used in.
     for i in 1..at(5.0) {
