@@ -416,17 +416,17 @@ def fit(
     :func:`gaussskip.fit`.
 
     ``timeout``: seconds a rank waits for the others at each step before every rank raises
-    :class:`RankFailedError` (default: the process group's timeout). ``labels``:
-    class-conditional models are not available across ranks yet.
+    :class:`RankFailedError` (default: the process group's timeout). ``labels``: one
+    component per class, as :func:`gaussskip.fit` (exact fit; each class's moments are
+    combined across ranks, a class a rank never saw counting as empty there).
 
     Raises :class:`RankFailedError` on every rank when any rank fails (its error named), and
     the library's errors (e.g. :class:`~gaussskip.DatasetError`) as :func:`gaussskip.fit`.
     """
-    if labels is not None:
-        raise NotImplementedError(
-            "gaussskip.distributed.fit: class-conditional (labels=) fitting across ranks is not available yet; "
-            "fit one class at a time (pass each class's batches) or fit in one process"
-        )
+    if labels is not None and labels is not False:
+        if method == "sketch":
+            raise InvalidArgumentError("invalid argument `method`: fitting by class uses the exact fit", 2)
+        return _fit_classes(batches, labels, group, timeout, key, rank, residual, explained, value_space, source)
     if method not in (None, "exact", "sketch"):
         raise InvalidArgumentError(f"invalid argument `method`: expected 'exact', 'sketch' or None, got {method!r}", 2)
     if method == "sketch" and rank is None:
@@ -510,6 +510,38 @@ def fit(
             if g.index != 0:
                 return None
             return fitter.fit(rank, residual, explained=explained, value_space=value_space, source=source)
+
+        model = g.run("fitting the model on rank 0", fit_model)
+        return g.broadcast_object("the broadcast of the model", model)
+
+
+def _fit_classes(batches, labels, group, timeout, key, rank, residual, explained, value_space, source) -> Model:
+    """fit(labels=...): one accumulator per class on every rank, combined class by class (in
+    one order on every rank), fitted on rank 0 and broadcast."""
+    from .fit import _class_moments, _fit_class_moments, _sorted_labels
+
+    with _Group(group, timeout) as g:
+        single = isinstance(batches, np.ndarray) or _is_torch(batches)
+        local = g.run("reading and adding the batches", lambda: _class_moments(batches, labels, single, key))
+        seen = g.gather("the class labels", lambda: [(k, m.item_shape) for k, m in local.items()])
+        shapes = {shape for per_rank in seen for _, shape in per_rank}
+        if not shapes:
+            raise DatasetError("dataset: no rows on any rank", 13)
+        if len(shapes) > 1:
+            raise ShapeMismatchError(f"`batches` has the wrong size: the ranks' items differ: {sorted(shapes)}", 3)
+        item = shapes.pop()
+        combined = {}
+        for label in _sorted_labels({k for per_rank in seen for k, _ in per_rank}):
+            acc = local.get(label)
+            if acc is None:
+                acc = Moments()
+                acc._create(item)
+            combined[label] = _combine_moments(g, acc, item)
+
+        def fit_model():
+            if g.index != 0:
+                return None
+            return _fit_class_moments(combined, rank, residual, explained, value_space, source)
 
         model = g.run("fitting the model on rank 0", fit_model)
         return g.broadcast_object("the broadcast of the model", model)

@@ -549,8 +549,8 @@ def _take_labels(batch) -> Any:
     )
 
 
-def _fit_classes(data, labels, single, key, rank, residual, explained, value_space, source) -> Model:
-    """One Moments per class, fitted and joined by the library (gs_moments_fit_classes)."""
+def _class_moments(data, labels, single, key) -> dict:
+    """One :class:`Moments` per label of ``data`` (see :func:`fit`'s ``labels``)."""
     if single:
         if labels is True:
             raise InvalidArgumentError("invalid argument `labels`: for array data pass the labels themselves", 2)
@@ -573,17 +573,25 @@ def _fit_classes(data, labels, single, key, rank, residual, explained, value_spa
         for label in np.unique(y):
             rows = x[y == label]
             classes.setdefault(label.item() if hasattr(label, "item") else label, Moments()).update(rows)
+    return classes
+
+
+def _sorted_labels(labels) -> list:
+    """Class order: as numbers when every label is an integer, else as text."""
+    names = list(labels)
+    if all(isinstance(v, (int, np.integer)) for v in names):
+        return sorted(names)
+    return sorted(names, key=str)
+
+
+def _fit_class_moments(classes: dict, rank, residual, explained, value_space, source) -> Model:
+    """The model of one component per class, fitted by the library (gs_moments_fit_classes)."""
     if not classes:
         raise DatasetError("dataset: no rows", 13)
-    names = list(classes)
-    if all(isinstance(v, (int, np.integer)) for v in names):
-        names.sort()
-    else:
-        names = sorted(names, key=str)
+    names = _sorted_labels(classes)
     accs = [classes[k] for k in names]
-    item = accs[0].item_shape
     r, e = _rank_args(rank, explained)
-    meta, _keep = _fit_meta(item, value_space, source)
+    meta, _keep = _fit_meta(accs[0].item_shape, value_space, source)
     handles = (ctypes.c_void_p * len(accs))(*[a._handle.value if hasattr(a._handle, "value") else a._handle for a in accs])
     texts = (ctypes.c_char_p * len(names))(*[str(v).encode("utf-8") for v in names])
     h = ctypes.c_void_p()
@@ -593,3 +601,8 @@ def _fit_classes(data, labels, single, key, rank, residual, explained, value_spa
         )
     )
     return _model_from_handle(h)
+
+
+def _fit_classes(data, labels, single, key, rank, residual, explained, value_space, source) -> Model:
+    classes = _class_moments(data, labels, single, key)
+    return _fit_class_moments(classes, rank, residual, explained, value_space, source)

@@ -49,6 +49,10 @@ SKETCH_SHARDS = {0: [], 1: [X[0:150]], 2: [X[150:151], X[151:301]]}
 SKETCH_SHARDS = {r: [b.reshape(-1, 3, 4) for b in bs] for r, bs in SKETCH_SHARDS.items()}
 
 
+# Three classes; the rows of class 1 all lie on ranks 0 and 1.
+LABELS = np.where(np.arange(301) < 200, np.arange(301) % 2, 2)
+
+
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
@@ -122,6 +126,11 @@ def scenarios(r):
     out["one_shot"] = caught(lambda: gsd.fit(iter([X[r::3]]), method="sketch", rank=3), gs.InvalidArgumentError)
     # The group still works after the failures (all ranks stopped at the same step).
     out["after"] = gsd.fit([X[r::3]], method="exact")
+
+    # Class-conditional: labels ride with the batches; rank 2 sees no class 1 at all.
+    shard = {0: slice(0, 100), 1: slice(100, 230), 2: slice(230, 301)}[r]
+    y = LABELS[shard]
+    out["classes"] = gsd.fit([(X[shard][:50], y[:50]), (X[shard][50:], y[50:])], labels=True)
 
     # Last, as it breaks the group: a rank whose reader hangs.
     def slow(r):
@@ -246,8 +255,18 @@ def test_outside_a_process_group_and_labels_are_clear_errors():
         pytest.skip("a process group is initialised in this process")
     with pytest.raises(gs.InvalidArgumentError, match="init_process_group"):
         gsd.fit([X])
-    with pytest.raises(NotImplementedError, match="labels"):
-        gsd.fit([X], labels=[0] * len(X))
+    with pytest.raises(gs.InvalidArgumentError, match="init_process_group"):
+        gsd.fit([(X, LABELS)], labels=True)
+
+
+def test_class_conditional_fit_is_the_one_process_fit_on_every_rank(main_run):
+    one = gs.fit(X, labels=LABELS)
+    for r in range(WORLD):
+        got = main_run[r]["classes"]
+        assert got.labels == one.labels == ["0", "1", "2"] and got.counts == one.counts
+        for k in range(3):
+            assert rel(got.component(k).eigvals, one.component(k).eigvals) <= 1e-10
+            assert rel(got.component(k).mean, one.component(k).mean) <= 1e-6
 
 
 def test_the_distributed_latent_example_runs(tmp_path):
