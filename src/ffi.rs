@@ -22,7 +22,7 @@ use crate::dtype::Dtype;
 use crate::error::Error;
 use crate::fit::{fit_model, FitOptions, Moments, Rank, Residual};
 use crate::model::{Model, ModelMeta};
-use crate::noise::{Levels, Noise, Op};
+use crate::noise::{Noise, Op};
 
 /// Version of the C ABI. Bumped on any incompatible change to a signature, a struct or the
 /// meaning of a status number.
@@ -527,36 +527,10 @@ pub unsafe extern "C" fn gs_context_device(ctx: *const gs_context) -> u32 {
     ctx.as_ref().map_or(0, |c| c.inner.device() as u32)
 }
 
-/// Shared body of every operation entry point. The sizes (`batch`, and `slabs` output slabs)
-/// are checked before `op` reads any level table, so a huge `batch` or `n_levels` is an
-/// error, never a read or an allocation of that size.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_op<'a>(
-    ctx: *mut gs_context,
-    model: *const gs_model,
-    dtype: u32,
-    x: *const c_void,
-    out: *mut c_void,
-    batch: usize,
-    slabs: usize,
-    stream: *mut c_void,
-    op: impl FnOnce() -> Result<Op<'a>, Error>,
-) -> gs_status {
-    run_op_components(
-        ctx,
-        model,
-        dtype,
-        (x, out),
-        batch,
-        slabs,
-        stream,
-        std::ptr::null(),
-        op,
-    )
-}
-
-/// [`run_op`] with one component index per row (`component[batch]` in host memory; NULL:
-/// component 0 for every row).
+/// Shared body of every operation entry point, with one component index per row
+/// (`component[batch]` in host memory; NULL: component 0 for every row). The sizes (`batch`,
+/// and `slabs` output slabs) are checked before `op` reads any level table, so a huge `batch`
+/// or `n_levels` is an error, never a read or an allocation of that size.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_op_components<'a>(
     ctx: *mut gs_context,
@@ -620,12 +594,19 @@ pub unsafe extern "C" fn gs_skip(
     to: gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
-        Ok(Op::Skip {
-            from: Levels::One(from.into()),
-            to: Levels::One(to.into()),
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_skip_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        from,
+        to,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// As `gs_skip` with one source and one target level per row (`from[batch]`, `to[batch]`).
@@ -644,12 +625,19 @@ pub unsafe extern "C" fn gs_skip_rows(
     to: *const gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
-        Ok(Op::Skip {
-            from: Levels::PerRow(level_table(from, batch, "from")?),
-            to: Levels::PerRow(level_table(to, batch, "to")?),
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_skip_rows_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        from,
+        to,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// Posterior mean E[x0 | x_t] of `batch` rows at level `at` (buffers as `gs_skip`).
@@ -667,11 +655,18 @@ pub unsafe extern "C" fn gs_denoise(
     at: gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
-        Ok(Op::Denoise {
-            at: Levels::One(at.into()),
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_denoise_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        at,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// As `gs_denoise` with one level per row (`at[batch]`).
@@ -689,11 +684,18 @@ pub unsafe extern "C" fn gs_denoise_rows(
     at: *const gs_noise,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, 1, stream, || {
-        Ok(Op::Denoise {
-            at: Levels::PerRow(level_table(at, batch, "at")?),
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_denoise_rows_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        at,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// The states along the exact path from `from` at each of `levels[n_levels]`, one projection
@@ -714,12 +716,20 @@ pub unsafe extern "C" fn gs_skip_trajectory(
     n_levels: usize,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, n_levels, stream, || {
-        Ok(Op::SkipTrajectory {
-            from: Levels::One(from.into()),
-            levels: level_table(levels, n_levels, "levels")?,
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_skip_trajectory_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        from,
+        levels,
+        n_levels,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// The x0-predictions along the exact path from `from` at each of `levels[n_levels]`:
@@ -740,12 +750,20 @@ pub unsafe extern "C" fn gs_x0_trajectory(
     n_levels: usize,
     stream: *mut c_void,
 ) -> gs_status {
-    run_op(ctx, model, dtype, x, out, batch, n_levels, stream, || {
-        Ok(Op::X0Trajectory {
-            from: Levels::One(from.into()),
-            levels: level_table(levels, n_levels, "levels")?,
-        })
-    })
+    // One implementation: the per-row-component entry point with NULL (component 0).
+    crate::ffi_components::gs_x0_trajectory_component(
+        ctx,
+        model,
+        dtype,
+        x,
+        out,
+        batch,
+        from,
+        levels,
+        n_levels,
+        std::ptr::null(),
+        stream,
+    )
 }
 
 /// Creates a CUDA context whose model copies keep eigenvectors in `eigvec_dtype`:
