@@ -204,46 +204,42 @@ pub(crate) struct GroupOffsets {
 }
 
 impl GroupTables {
-    /// `component_of[row]` indexes `entries` (and `residual`, the residual variance the
-    /// launcher chose for that component); `bm1`/`bm2` are the launches' tile heights.
+    /// `groups[c]` holds the rows of component `c` in row order (`crate::rows::groups`);
+    /// `c` indexes `entries` and `residual` (the residual variance the launcher chose for that
+    /// component); `bm1`/`bm2` are the launches' tile heights.
     pub fn new(
-        component_of: &[u32],
+        groups: &[Vec<usize>],
         entries: Vec<GsComponent>,
         residual: &[f64],
         bm1: usize,
         bm2: usize,
         slabs: usize,
     ) -> GroupTables {
-        let mut order: Vec<i64> = (0..component_of.len() as i64).collect();
-        order.sort_by_key(|&r| component_of[r as usize]);
-        let (mut groups, mut tile_group1, mut tile_group2) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut tile1, mut tile2) = (0usize, 0usize);
-        let mut pos = 0usize;
-        while pos < order.len() {
-            let c = component_of[order[pos] as usize];
-            let count = order[pos..]
-                .iter()
-                .take_while(|&&r| component_of[r as usize] == c)
-                .count();
-            let g = groups.len() as i32;
+        // Components in index order, rows in row order within each: a stable sort by component.
+        let order: Vec<i64> = groups.iter().flatten().map(|&r| r as i64).collect();
+        let (mut table, mut tile_group1, mut tile_group2) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut first, mut tile1, mut tile2) = (0usize, 0usize, 0usize);
+        for (c, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let count = rows.len();
+            let g = table.len() as i32;
             let (t1, t2) = (count.div_ceil(bm1), (slabs * count).div_ceil(bm2));
-            groups.push(GsGroup {
-                first: pos as i64,
+            table.push(GsGroup {
+                first: first as i64,
                 count: count as i64,
                 tile1: tile1 as i64,
                 tile2: tile2 as i64,
-                component: i64::from(c),
-                residual_var: residual[c as usize],
+                component: c as i64,
+                residual_var: residual[c],
             });
             tile_group1.extend(std::iter::repeat_n(g, t1));
             tile_group2.extend(std::iter::repeat_n(g, t2));
             tile1 += t1;
             tile2 += t2;
-            pos += count;
+            first += count;
         }
         GroupTables {
             components: entries,
-            groups,
+            groups: table,
             order,
             tile_group1,
             tile_group2,
@@ -373,7 +369,8 @@ mod tests {
     fn groups_order_rows_by_component_and_start_new_tiles() {
         let rows = [2u32, 0, 2, 2, 0, 1];
         let entries = vec![GsComponent::default(); 3];
-        let t = GroupTables::new(&rows, entries, &[0.5, 0.25, 0.125], 2, 4, 3);
+        let groups = crate::rows::groups(&rows, 3);
+        let t = GroupTables::new(&groups, entries, &[0.5, 0.25, 0.125], 2, 4, 3);
         assert_eq!(t.order, [1, 4, 5, 0, 2, 3]);
         let g: Vec<(i64, i64, i64, i64, i64)> = t
             .groups

@@ -302,6 +302,30 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Checks that `x` (`batch x dim`) and `out` (`slabs` times that) are device buffers of
+    /// this context large enough for the call.
+    ///
+    /// # Safety
+    /// As `pointers::check_buffer`: the context is current.
+    unsafe fn check_buffers(
+        &self,
+        dtype: Dtype,
+        x: *const c_void,
+        out: *mut c_void,
+        batch: usize,
+        dim: usize,
+        slabs: usize,
+    ) -> Result<()> {
+        let bytes = |n: Option<usize>| {
+            n.and_then(|n| n.checked_mul(dtype.size()))
+                .ok_or_else(|| Error::arg("batch", "the buffer size overflows"))
+        };
+        let in_bytes = bytes(batch.checked_mul(dim))?;
+        let out_bytes = bytes(batch.checked_mul(dim).and_then(|n| n.checked_mul(slabs)))?;
+        pointers::check_buffer("x", x, in_bytes, self.ordinal)?;
+        pointers::check_buffer("out", out, out_bytes, self.ordinal)
+    }
+
     /// Validates a device call and plans it: everything that can fail before any work.
     #[allow(clippy::too_many_arguments)]
     unsafe fn plan(
@@ -316,14 +340,7 @@ impl CudaBackend {
         splits: Splits,
     ) -> Result<Call> {
         let (d, r, slabs) = (model.dim(), model.rank(), op.slabs());
-        let bytes = |n: Option<usize>| {
-            n.and_then(|n| n.checked_mul(dtype.size()))
-                .ok_or_else(|| Error::arg("batch", "the buffer size overflows"))
-        };
-        let in_bytes = bytes(batch.checked_mul(d))?;
-        let out_bytes = bytes(batch.checked_mul(d).and_then(|n| n.checked_mul(slabs)))?;
-        pointers::check_buffer("x", x, in_bytes, self.ordinal)?;
-        pointers::check_buffer("out", out, out_bytes, self.ordinal)?;
+        self.check_buffers(dtype, x, out, batch, d, slabs)?;
         let cond = precision::condition(
             op,
             batch,
@@ -545,22 +562,18 @@ impl CudaBackend {
         }
         let (d, slabs) = (model.dim(), op.slabs());
         let k = model.n_components();
-        let mut counts = vec![0usize; k];
-        for &c in components {
-            counts[c as usize] += 1;
-        }
         let mut entries = vec![args::GsComponent::default(); k];
         let mut residual = vec![0.0; k];
         let mut parts = Vec::new();
         let mut rank = 0;
         let groups = crate::rows::groups(components, k);
-        for c in (0..k).filter(|&c| counts[c] > 0) {
+        for c in (0..k).filter(|&c| !groups[c].is_empty()) {
             let part = model.part(c);
             // The bound holds per component, over the levels of its own rows.
             let sub = crate::rows::GroupOp::new(op, &groups[c]);
             let cond = precision::condition(
                 &sub.op(),
-                counts[c],
+                groups[c].len(),
                 part.eigvals(),
                 part.residual_var(),
                 part.rank() == d,
@@ -572,18 +585,12 @@ impl CudaBackend {
             rank = rank.max(part.rank());
             parts.push(dm);
         }
-        let bytes = |n: Option<usize>| {
-            n.and_then(|n| n.checked_mul(dtype.size()))
-                .ok_or_else(|| Error::arg("batch", "the buffer size overflows"))
-        };
-        pointers::check_buffer("x", x, bytes(batch.checked_mul(d))?, self.ordinal)?;
-        let out_len = batch.checked_mul(d).and_then(|n| n.checked_mul(slabs));
-        pointers::check_buffer("out", out, bytes(out_len)?, self.ordinal)?;
+        self.check_buffers(dtype, x, out, batch, d, slabs)?;
         let levels = LevelPlan::new(&op);
-        let used: Vec<usize> = counts.iter().copied().filter(|&c| c > 0).collect();
+        let used: Vec<usize> = groups.iter().map(Vec::len).filter(|&n| n > 0).collect();
         // The smallest tile heights give the most tiles: room for the tables whatever the
         // geometry picks.
-        let probe = args::GroupTables::new(components, entries.clone(), &residual, 32, 32, slabs);
+        let probe = args::GroupTables::new(&groups, entries.clone(), &residual, 32, 32, slabs);
         let table_bytes = std::mem::size_of_val(levels.table.as_slice()) + probe.offsets().total;
         let geometry = Geometry::grouped(
             d,
@@ -596,7 +603,7 @@ impl CudaBackend {
             table_bytes,
         )?;
         let tables = args::GroupTables::new(
-            components,
+            &groups,
             entries,
             &residual,
             geometry.project.bm,
