@@ -31,9 +31,6 @@ pub struct ClassRow {
     pub same_global: usize,
     /// The same, jumping with each sample's class Gaussian.
     pub same_class: usize,
-    /// Samples whose nearest training item is of another class than the one sampled, with
-    /// the global Gaussian's jump (the run without a jump for k = 0).
-    pub wrong_class_global: usize,
 }
 
 /// The class-conditional section of a demo run.
@@ -75,18 +72,15 @@ impl ClassTable {
 /// class's items.
 struct ClassIdeal<'a> {
     ideals: &'a [IdealDenoiser<f32>],
-    /// Class index of every row of the batch.
-    class_of: &'a [usize],
+    /// The batch rows of every class (`crate::rows::groups`).
+    rows_of: &'a [Vec<usize>],
     bar: &'a ProgressBar,
 }
 
 impl Denoiser<f32> for ClassIdeal<'_> {
     fn denoise(&mut self, x: &[f32], at: Noise, out: &mut [f32]) -> Result<()> {
         let d = self.ideals[0].dim();
-        for (c, ideal) in self.ideals.iter().enumerate() {
-            let rows: Vec<usize> = (0..self.class_of.len())
-                .filter(|&i| self.class_of[i] == c)
-                .collect();
+        for (ideal, rows) in self.ideals.iter().zip(self.rows_of) {
             if rows.is_empty() {
                 continue;
             }
@@ -135,7 +129,6 @@ pub(super) fn run(
         moments[c].add_rows(row)?;
         members[c].extend_from_slice(row);
     }
-    let item_of: Vec<usize> = data.labels.iter().map(|&l| class_index(l)).collect();
     let loaded = LoadedClasses {
         classes: labels.iter().map(|l| l.to_string()).zip(moments).collect(),
         item_shape: data.item_shape.clone(),
@@ -160,13 +153,13 @@ pub(super) fn run(
         .map(|m| IdealDenoiser::new(m, d))
         .collect::<Result<_>>()?;
     // Classes assigned round-robin: every class is sampled about equally.
-    let class_of: Vec<usize> = (0..opts.batch).map(|i| i % labels.len()).collect();
-    let component: Vec<u32> = class_of.iter().map(|&c| c as u32).collect();
+    let component: Vec<u32> = (0..opts.batch).map(|i| (i % labels.len()) as u32).collect();
+    let rows_of = crate::rows::groups(&component, labels.len());
 
     let sample = |x: &mut [f32], k: usize| -> Result<usize> {
         let mut den = ClassIdeal {
             ideals: &ideals,
-            class_of: &class_of,
+            rows_of: &rows_of,
             bar,
         };
         opts.schedule.sample(&mut den, x, levels, k)
@@ -174,15 +167,9 @@ pub(super) fn run(
     let mut x = noise.to_vec();
     let full_nfe = sample(&mut x, 0)?;
     let base = all.nearest(&x)?;
-    let same = |x: &[f32]| -> Result<(usize, usize)> {
+    let same = |x: &[f32]| -> Result<usize> {
         let n = all.nearest(x)?;
-        let same = n.iter().zip(&base).filter(|(a, b)| a == b).count();
-        let wrong = n
-            .iter()
-            .zip(&class_of)
-            .filter(|(&item, &c)| item_of[item] != c)
-            .count();
-        Ok((same, wrong))
+        Ok(n.iter().zip(&base).filter(|(a, b)| a == b).count())
     };
     let mut rows = vec![ClassRow {
         k: 0,
@@ -191,14 +178,13 @@ pub(super) fn run(
         saved_fraction: 0.0,
         same_global: opts.batch,
         same_class: opts.batch,
-        wrong_class_global: same(&x)?.1,
     }];
     let mut finals = vec![x];
     for k in 1..=opts.max_skip {
         let mut xg = noise.to_vec();
         ctx.skip(global, noise, &mut xg, levels[0], levels[k])?;
         let nfe = sample(&mut xg, k)?;
-        let (same_global, wrong_class_global) = same(&xg)?;
+        let same_global = same(&xg)?;
         let mut xc = noise.to_vec();
         ctx.apply_components(
             &model,
@@ -211,7 +197,7 @@ pub(super) fn run(
             Some(&component),
         )?;
         sample(&mut xc, k)?;
-        let (same_class, _) = same(&xc)?;
+        let same_class = same(&xc)?;
         rows.push(ClassRow {
             k,
             handoff: levels[k],
@@ -219,7 +205,6 @@ pub(super) fn run(
             saved_fraction: (full_nfe - nfe) as f64 / full_nfe as f64,
             same_global,
             same_class,
-            wrong_class_global,
         });
         finals.push(xc);
     }
