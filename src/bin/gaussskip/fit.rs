@@ -77,6 +77,15 @@ enum ResidualArg {
     Mean,
 }
 
+impl From<ResidualArg> for Residual {
+    fn from(r: ResidualArg) -> Residual {
+        match r {
+            ResidualArg::Zero => Residual::Zero,
+            ResidualArg::Mean => Residual::Mean,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum MethodArg {
     Exact,
@@ -136,10 +145,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             method,
             rank,
-            residual: match args.residual {
-                ResidualArg::Zero => Residual::Zero,
-                ResidualArg::Mean => Residual::Mean,
-            },
+            residual: args.residual.into(),
             passes: args.passes,
             oversampling: args.oversampling,
             seed: args.seed,
@@ -201,10 +207,7 @@ fn run_classes(args: &Args, rank: Rank, scale: Option<Scale>, labels: LabelSourc
     )?;
     let opts = FitOptions {
         rank,
-        residual: match args.residual {
-            ResidualArg::Zero => Residual::Zero,
-            ResidualArg::Mean => Residual::Mean,
-        },
+        residual: args.residual.into(),
         meta: ModelMeta {
             item_shape: loaded.item_shape.clone(),
             value_space: loaded.value_space.clone(),
