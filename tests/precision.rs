@@ -9,7 +9,7 @@
 //! large sigma). Before the coefficient checks and the f64 path, inversions such as
 //! 1e-6 -> 1 were percents off and extreme levels returned NaN/Inf as success.
 
-use gaussskip::noise::{Conditioning, F32_CANCELLATION_MAX};
+use gaussskip::noise::{Conditioning, Levels, F32_CANCELLATION_MAX};
 use gaussskip::reference::{rel_error, Gaussian};
 use gaussskip::rng::Rng;
 use gaussskip::{Context, Error, Model, ModelMeta, Noise, Op};
@@ -340,4 +340,94 @@ fn cancellation_factor_and_ill_conditioned_refusal() {
         "{e}"
     );
     assert!(out.iter().all(|v| v.is_nan()));
+}
+
+/// A model large enough for the CPU's small-batch kernels (rank x dim of 2^20 and more; both
+/// products in one pass over the eigenvectors): every batch they take and one more (the GEMM
+/// path), per-row levels, trajectories of one to three levels (up to 8 output rows, and
+/// past), f32 and f16 I/O, and an inversion that runs in f64: every output slab within the
+/// contract of the f64 reference. (That the threads do not change a bit is checked on the
+/// kernels themselves, in `backend::cpu_small`.)
+#[test]
+fn small_batches_of_a_large_model_meet_the_contract() {
+    let (d, r) = (1100, 1000);
+    // Rows of the orthonormal DCT-II basis: cheap to build at this size.
+    let mut eigvecs = Vec::with_capacity(r * d);
+    for k in 0..r {
+        let scale = if k == 0 {
+            (1.0 / d as f64).sqrt()
+        } else {
+            (2.0 / d as f64).sqrt()
+        };
+        let f = std::f64::consts::PI * k as f64 / d as f64;
+        eigvecs.extend((0..d).map(|i| (scale * (f * (i as f64 + 0.5)).cos()) as f32));
+    }
+    let eigvals: Vec<f64> = (0..r).map(|k| 4.0 * 0.995f64.powi(k as i32)).collect();
+    let mut rng = Rng::new(31);
+    let mean: Vec<f32> = rng.normals(d).iter().map(|&v| (0.3 * v) as f32).collect();
+    let model = Model::from_parts(mean, eigvals, eigvecs, 0.01, ModelMeta::default()).unwrap();
+    let reference = Gaussian::from_model(&model);
+    let ctx = Context::cpu();
+    let trajectory = [Noise::edm(40.0), Noise::edm(19.4), Noise::edm(2.0)];
+    for rows in 1..=5 {
+        let x: Vec<f32> = rng
+            .normals(rows * d)
+            .iter()
+            .map(|&v| (80.0 * v) as f32)
+            .collect();
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let from: Vec<Noise> = (0..rows).map(|i| Noise::edm(80.0 - i as f64)).collect();
+        let ops = [
+            Op::Skip {
+                from: Levels::PerRow(&from),
+                to: Noise::edm(19.4).into(),
+            },
+            Op::Denoise {
+                at: Levels::PerRow(&from),
+            },
+            Op::SkipTrajectory {
+                from: Levels::PerRow(&from),
+                levels: &trajectory[..2],
+            },
+            Op::X0Trajectory {
+                from: Levels::PerRow(&from),
+                levels: &trajectory,
+            },
+        ];
+        for op in ops {
+            let want = reference.apply(op, &x64, rows).unwrap();
+            let mut out = vec![f32::NAN; want.len()];
+            ctx.apply(&model, op, &x, &mut out).unwrap();
+            for (s, (g, w)) in out.chunks(rows * d).zip(want.chunks(rows * d)).enumerate() {
+                let g: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+                let err = rel_error(&g, w);
+                assert!(err <= TOL, "rows {rows} {op:?} slab {s}: {err:.3e}");
+            }
+            // f16 I/O: within the contract plus the rounding of the f16 input and output.
+            let xh: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let xh64: Vec<f64> = xh.iter().map(|v| v.to_f64()).collect();
+            let want_h = reference.apply(op, &xh64, rows).unwrap();
+            let mut oh = vec![half::f16::NAN; want.len()];
+            ctx.apply(&model, op, &xh, &mut oh).unwrap();
+            let gh: Vec<f64> = oh.iter().map(|v| v.to_f64()).collect();
+            let err = rel_error(&gh, &want_h);
+            assert!(err <= 1e-3, "f16 rows {rows} {op:?}: {err:.3e}");
+        }
+    }
+    // An inversion whose rounding f32 cannot carry: redone in f64, still within the contract.
+    let x: Vec<f32> = rng
+        .normals(2 * d)
+        .iter()
+        .map(|&v| (0.05 * v) as f32)
+        .collect();
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let op = Op::Skip {
+        from: Noise::edm(0.05).into(),
+        to: Noise::edm(80.0).into(),
+    };
+    let want = reference.apply(op, &x64, 2).unwrap();
+    let mut out = vec![f32::NAN; want.len()];
+    ctx.apply(&model, op, &x, &mut out).unwrap();
+    let got: Vec<f64> = out.iter().map(|&v| v as f64).collect();
+    assert!(rel_error(&got, &want) <= TOL);
 }

@@ -5,8 +5,9 @@
 //! (`rows x rank`), then all slabs at once, [P .* W_0; P .* W_1; ...] E (`slabs*rows x dim`),
 //! followed by the element-wise epilogue a mean + b y. Each product is split along the
 //! eigenvectors (blocks of modes, then blocks of columns) into a few sequential faer GEMMs
-//! per pool thread, so the eigenvectors are read once per call whatever the batch; a few
-//! f32 rows of a large model go to the matrix-vector kernels of `cpu_small` instead.
+//! per pool thread, so the eigenvectors are read once per product whatever the batch; a few
+//! f32 rows of a large model go to the kernels of `cpu_small` instead, which compute both
+//! products in one pass over the eigenvectors.
 //!
 //! Nothing is written to the output before these checks, made between the two GEMMs:
 //! - the pass that forms y = x - c mean also finds NaN/Inf in x and measures every row;
@@ -116,6 +117,8 @@ struct RowNorms {
 struct Projected<'a, F> {
     y: Vec<F>,
     q: Vec<F>,
+    /// The back-projection `[P .* W] E`, when the small-batch kernels computed it with `P`.
+    fused: Option<Vec<f32>>,
     eigvecs: Eigvecs<'a, F>,
     par: Par,
     /// Largest estimated relative error over rows and slabs, and where.
@@ -194,7 +197,10 @@ impl<'a, F: Real> Projected<'a, F> {
             None => Eigvecs::Owned(widen::<F>(model.eigvecs(), par)?),
         };
         let mut p = try_vec(rows * r, zero, "the projections")?;
-        project(eigvecs.get(), d, &y, rows, &mut p, par);
+        let fused = project_fused(model, plan, eigvecs.get(), &y, &mut p, par)?;
+        if fused.is_none() {
+            project(eigvecs.get(), d, &y, rows, &mut p, par);
+        }
 
         // Weigh the projections of every slab, and estimate each output row's rounding.
         let mean_l2 = mean
@@ -253,6 +259,7 @@ impl<'a, F: Real> Projected<'a, F> {
         Ok(Projected {
             y,
             q,
+            fused,
             eigvecs,
             par,
             worst_estimate: worst,
@@ -278,9 +285,13 @@ impl<'a, F: Real> Projected<'a, F> {
             }
         };
 
+        let fused = self.fused.as_deref().and_then(same::<f32, F>);
         if let Some(direct) = same_mut::<T, F>(out) {
             // f32 in, f32 out: the product writes the caller's buffer (check_range bounded it).
-            back_project(e, d, q, nslab * rows, direct, self.par);
+            match fused {
+                Some(product) => direct.copy_from_slice(product),
+                None => back_project(e, d, q, nslab * rows, direct, self.par),
+            }
             if split(self.par, n_out) {
                 direct
                     .par_chunks_mut(d)
@@ -295,7 +306,10 @@ impl<'a, F: Real> Projected<'a, F> {
             return Ok(());
         }
         let mut tmp = try_vec(n_out, F::from_f64(0.0), "the output")?;
-        back_project(e, d, q, nslab * rows, &mut tmp, self.par);
+        match fused {
+            Some(product) => tmp.copy_from_slice(product),
+            None => back_project(e, d, q, nslab * rows, &mut tmp, self.par),
+        }
         // Finish every row and check it fits T before the first element of `out` is written.
         let limit = max_finite(T::DTYPE);
         let finish = |(row, src): (usize, &mut [F])| {
@@ -396,14 +410,42 @@ fn max_finite(dtype: Dtype) -> f64 {
     }
 }
 
-/// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`): the
-/// small-batch kernels for a few f32 rows of a large model, blocks of modes otherwise.
-fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) {
-    if let (Some(e), Some(y), Some(p)) = (same::<F, f32>(e), same::<F, f32>(y), same_mut(p)) {
-        if cpu_small::serves(rows, e.len()) {
-            return cpu_small::project(e, d, y, rows, p, par);
+/// Both products by the small-batch kernels of `cpu_small` when they serve this call (f32,
+/// a few rows of a large model): fills `p` and returns the back-projection of every output
+/// row, with the weights rounded to `F` as `weigh` rounds them.
+fn project_fused<F: Real>(
+    model: &Model,
+    plan: &Plan,
+    e: &[F],
+    y: &[F],
+    p: &mut [F],
+    par: Par,
+) -> Result<Option<Vec<f32>>> {
+    let (rows, r, d) = (plan.rows, model.rank(), model.dim());
+    let outs = plan.slabs.len() * rows;
+    let (Some(e), Some(y), Some(p)) = (same::<F, f32>(e), same::<F, f32>(y), same_mut(p)) else {
+        return Ok(None);
+    };
+    if !cpu_small::serves(rows, outs, e.len()) {
+        return Ok(None);
+    }
+    let mut w = Vec::with_capacity(outs * r);
+    let mut src = Vec::with_capacity(outs);
+    for slab in &plan.slabs {
+        for i in 0..rows {
+            let k = slab.index(i);
+            w.extend(slab.w[k * r..(k + 1) * r].iter().map(|&v| v as f32));
+            src.push(i);
         }
     }
+    let mut acc = try_vec(outs * d, 0f32, "the output")?;
+    cpu_small::project_back(e, d, y, rows, &w, &src, p, &mut acc, par)?;
+    Ok(Some(acc))
+}
+
+/// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`), by blocks of
+/// modes.
+fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) {
     let r = e.len() / d;
     let em = MatRef::from_row_major_slice(e, r, d);
     let ym = MatRef::from_row_major_slice(y, rows, d);
@@ -424,11 +466,6 @@ fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: P
 /// `out = q e` (`rows x d`) for row-major `q` (`rows x r`): as [`project`], by blocks of
 /// columns.
 fn back_project<F: Real>(e: &[F], d: usize, q: &[F], rows: usize, out: &mut [F], par: Par) {
-    if let (Some(e), Some(q), Some(out)) = (same::<F, f32>(e), same::<F, f32>(q), same_mut(out)) {
-        if cpu_small::serves(rows, e.len()) {
-            return cpu_small::back_project(e, d, q, rows, out, par);
-        }
-    }
     let r = e.len() / d;
     let em = MatRef::from_row_major_slice(e, r, d);
     let qm = MatRef::from_row_major_slice(q, rows, r);
@@ -573,26 +610,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// A model large enough for the small-batch kernels: every batch they take, one more
-    /// (the GEMM path), f32 (the kernels) and f64 (always the GEMM path).
-    #[test]
-    fn dispatch_around_the_small_batch_kernels() {
-        let (d, r) = (1031, 1025);
-        assert!(r * d >= cpu_small::MIN_MODEL);
-        for rows in 1..=cpu_small::MAX_ROWS + 1 {
-            assert_eq!(
-                cpu_small::serves(rows, r * d),
-                rows <= cpu_small::MAX_ROWS && cpu_small::available()
-            );
-            for par in [Par::Seq, Par::rayon(2)] {
-                crate::pool::install(|| check_products::<f32>(d, r, rows, par, 3));
-            }
-        }
-        check_products::<f64>(d, r, 2, Par::rayon(2), 4);
-        assert!(!cpu_small::serves(1, cpu_small::MIN_MODEL - 1));
-        assert!(!cpu_small::serves(cpu_small::MAX_ROWS + 1, usize::MAX));
     }
 
     /// Every column in exactly one block, blocks in order, widths multiples of 16 and at

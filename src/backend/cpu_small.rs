@@ -1,34 +1,45 @@
-//! Small batches on the CPU (at most `MAX_ROWS` rows): both products of a call read the
-//! eigenvectors once for all rows, with AVX2/FMA, split across the pool by blocks of modes
-//! (projection) or of columns (back-projection).
+//! Small batches on the CPU: both products of a call in one pass over the eigenvectors, with
+//! AVX2/FMA.
 //!
-//! With one to a few rows both products are matrix-vector products: their time is the time
-//! to stream the `rank x dim` eigenvectors (2.4 MB at d = r = 784, 50 MB at 12288 x 1024)
-//! through the cores, where a GEMM kernel tuned for large blocks stays well below the memory
-//! bandwidth. Each output element is summed by one thread in a fixed order, so the result
-//! does not depend on the number of threads. Without AVX2 and FMA the caller uses its GEMM.
+//! With one to a few rows both products are matrix-vector products, and their time is the
+//! time to stream the `rank x dim` eigenvectors (2.4 MB at d = r = 784, 50 MB at 12288 x 1024)
+//! from memory. A mode's weighted projection `q_k = w_k (u_k . y)` needs only that mode's
+//! row, so the back-projection `Σ_k q_k u_k` can take each row while the projection has just
+//! brought it into the cache: the eigenvectors cross the memory bus once per call instead of
+//! twice (two matrix-vector products, as a BLAS would run them, read them twice).
 //!
-//! Shapes: `e` is `r x d` row-major (row k = u_k); `y` is `rows x d`, `p` and `q` are
-//! `rows x r`, `out` is `rows x d`, all row-major.
+//! The modes are cut into at most `MAX_PARTS` blocks whose sizes depend on the rank only;
+//! each block sums its modes in order into its own partial output, and the partials are added
+//! in block order: the result does not depend on the number of threads.
+//!
+//! Shapes: `e` is `r x d` row-major (row k = u_k); `y` is `rows x d`, `p` is `rows x r`;
+//! output row `o` reads input row `src[o]` with the weights `w[o * r..(o + 1) * r]` and is
+//! `acc[o * d..(o + 1) * d]`.
 
 use faer::Par;
 use rayon::prelude::*;
 
-/// Largest batch these kernels take.
+use crate::error::{try_vec, Result};
+
+/// Largest batch the kernels take.
 pub(crate) const MAX_ROWS: usize = 4;
 
-/// Smallest model (rank x dim) they serve: below it the eigenvectors stay in the caches,
-/// where faer's GEMM is as fast.
-pub(crate) const MIN_MODEL: usize = 1 << 20;
+/// Largest number of output rows (input rows times output slabs).
+pub(crate) const MAX_OUTS: usize = 8;
 
-/// Modes or columns per parallel task: enough to amortise a task, few enough to balance two
-/// to sixteen threads on the larger models.
-const BLOCK: usize = 64;
+/// Smallest model (rank x dim) they serve: below it (256 KB of eigenvectors) a call is too
+/// short for either path to matter. At d = 784 (full rank and r = 196) they were 5 to 8 %
+/// faster than the GEMM path, one thread each.
+pub(crate) const MIN_MODEL: usize = 1 << 16;
 
-/// Whether the kernels take a product of `rows` rows with `model_len` (rank x dim)
-/// eigenvector elements on this CPU.
-pub(crate) fn serves(rows: usize, model_len: usize) -> bool {
-    rows <= MAX_ROWS && model_len >= MIN_MODEL && available()
+/// Most blocks of modes (partial outputs) per call, and fewest modes per block.
+const MAX_PARTS: usize = 16;
+const MIN_BLOCK: usize = 32;
+
+/// Whether the kernels take `rows` input rows giving `outs` output rows of a model with
+/// `model_len` (rank x dim) eigenvector elements on this CPU.
+pub(crate) fn serves(rows: usize, outs: usize, model_len: usize) -> bool {
+    rows <= MAX_ROWS && outs <= MAX_OUTS && model_len >= MIN_MODEL && available()
 }
 
 /// True when this CPU has the instructions the kernels need.
@@ -43,183 +54,267 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `p[b][k] = Σ_i y[b][i] e[k][i]` for `b < rows`.
+/// The modes of block `b` of `parts` blocks over rank `r`.
+fn block_modes(r: usize, b: usize) -> std::ops::Range<usize> {
+    let size = r.div_ceil(parts(r));
+    (b * size).min(r)..((b + 1) * size).min(r)
+}
+
+/// Number of blocks of modes for rank `r`.
+fn parts(r: usize) -> usize {
+    r.div_ceil(MIN_BLOCK).clamp(1, MAX_PARTS)
+}
+
+/// `p[b][k] = u_k . y_b` and `acc[o] = Σ_k w[o][k] p[src[o]][k] u_k`.
+///
+/// # Errors
+/// `OutOfMemory` when the partial outputs cannot be allocated (`p` and `acc` untouched).
 ///
 /// # Panics
-/// When the slices do not have the stated sizes, `rows` exceeds `MAX_ROWS`, or
-/// [`available`] is false (the caller checks it).
-pub(crate) fn project(e: &[f32], d: usize, y: &[f32], rows: usize, p: &mut [f32], par: Par) {
+/// When the slices do not have the stated sizes, a source row is out of range, the batch
+/// exceeds `MAX_ROWS` or `MAX_OUTS`, or [`available`] is false (the caller checks it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn project_back(
+    e: &[f32],
+    d: usize,
+    y: &[f32],
+    rows: usize,
+    w: &[f32],
+    src: &[usize],
+    p: &mut [f32],
+    acc: &mut [f32],
+    par: Par,
+) -> Result<()> {
     let r = e.len() / d;
-    assert!(rows <= MAX_ROWS && y.len() == rows * d && p.len() == rows * r && available());
-    // Mode-major scratch so that blocks of modes are contiguous: pt[k][b].
+    let outs = src.len();
+    assert!(rows <= MAX_ROWS && outs <= MAX_OUTS && available());
+    assert!(y.len() == rows * d && p.len() == rows * r && w.len() == outs * r);
+    assert!(acc.len() == outs * d && src.iter().all(|&s| s < rows));
+    let parts = parts(r);
+    // Block 0 sums into `acc`, the others into their own partials, added afterwards.
+    // The partials start at zero (try_vec fills them); `acc` is overwritten.
+    let mut partials = try_vec((parts - 1) * outs * d, 0f32, "the partial outputs")?;
+    acc.fill(0.0);
     let mut pt = vec![0f32; r * rows];
-    let block = |(kb, dst): (usize, &mut [f32])| {
-        for (j, slot) in dst.chunks_mut(rows).enumerate() {
-            let k = kb * BLOCK + j;
-            // SAFETY: `available()` was asserted; the row and `y` have `d` and `rows * d`
-            // elements and `slot` has `rows`.
-            unsafe { dots(&e[k * d..(k + 1) * d], y, rows, slot) };
-        }
+    let block_len = r.div_ceil(parts);
+    let run_block = |(b, (sums, pts)): (usize, (&mut [f32], &mut [f32]))| {
+        let modes = block_modes(r, b);
+        // SAFETY: `available()` was asserted; the sizes of every slice were checked above
+        // (`pts` holds `rows` values per mode of the block, `sums` `outs` rows of `d`).
+        unsafe { block(e, d, y, rows, w, src, modes, pts, sums) };
     };
-    if par != Par::Seq && r > BLOCK {
-        pt.par_chunks_mut(BLOCK * rows).enumerate().for_each(block);
+    let mut sums: Vec<&mut [f32]> = Vec::with_capacity(parts);
+    sums.push(acc);
+    sums.extend(partials.chunks_mut(outs * d));
+    let pts: Vec<&mut [f32]> = pt.chunks_mut(block_len * rows).collect();
+    let jobs: Vec<_> = sums.into_iter().zip(pts).enumerate().collect();
+    if par != Par::Seq && parts > 1 {
+        jobs.into_par_iter().for_each(run_block);
     } else {
-        pt.chunks_mut(BLOCK * rows).enumerate().for_each(block);
+        jobs.into_iter().for_each(run_block);
     }
     for (k, vals) in pt.chunks(rows).enumerate() {
         for (b, &v) in vals.iter().enumerate() {
             p[b * r + k] = v;
         }
     }
+    add_partials(acc, &partials, par);
+    Ok(())
 }
 
-/// `out[b][i] = Σ_k q[b][k] e[k][i]` for `b < rows` (`out` is overwritten).
-///
-/// # Panics
-/// As [`project`].
-pub(crate) fn back_project(e: &[f32], d: usize, q: &[f32], rows: usize, out: &mut [f32], par: Par) {
-    let r = e.len() / d;
-    assert!(rows <= MAX_ROWS && q.len() == rows * r && out.len() == rows * d && available());
-    // Column-block-major scratch: block c holds rows x (its columns).
-    let width = BLOCK * 16;
-    let mut tmp = vec![0f32; rows * d];
-    let block = |(c, dst): (usize, &mut [f32])| {
-        let (i0, n) = (c * width, dst.len() / rows);
-        // SAFETY: `available()` was asserted; every row of `e` has `d >= i0 + n` elements,
-        // `q` has `rows * r` and `dst` `rows * n`.
-        unsafe { axpys(e, d, i0, n, q, r, rows, dst) };
-    };
-    if par != Par::Seq && d > width {
-        tmp.par_chunks_mut(width * rows).enumerate().for_each(block);
-    } else {
-        tmp.chunks_mut(width * rows).enumerate().for_each(block);
+/// `acc += partial_1 + partial_2 + ...`, element by element in block order.
+fn add_partials(acc: &mut [f32], partials: &[f32], par: Par) {
+    if partials.is_empty() {
+        return;
     }
-    for (c, chunk) in tmp.chunks(width * rows).enumerate() {
-        let n = chunk.len() / rows;
-        for b in 0..rows {
-            out[b * d + c * width..b * d + c * width + n]
-                .copy_from_slice(&chunk[b * n..(b + 1) * n]);
-        }
-    }
-}
-
-/// `slot[b] = Σ_i row[i] y[b * d + i]`, four 8-lane accumulators per batch row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots(row: &[f32], y: &[f32], rows: usize, slot: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let d = row.len();
-    let mut acc = [[_mm256_setzero_ps(); 4]; MAX_ROWS];
-    let mut i = 0;
-    while i + 32 <= d {
-        let e = row.as_ptr().add(i);
-        let ev = [
-            _mm256_loadu_ps(e),
-            _mm256_loadu_ps(e.add(8)),
-            _mm256_loadu_ps(e.add(16)),
-            _mm256_loadu_ps(e.add(24)),
-        ];
-        for (b, a) in acc.iter_mut().enumerate().take(rows) {
-            let yb = y.as_ptr().add(b * d + i);
-            for (l, (av, &evl)) in a.iter_mut().zip(&ev).enumerate() {
-                *av = _mm256_fmadd_ps(evl, _mm256_loadu_ps(yb.add(8 * l)), *av);
+    let n = acc.len();
+    const CHUNK: usize = 1 << 12;
+    let add = |(c, dst): (usize, &mut [f32])| {
+        let span = c * CHUNK..c * CHUNK + dst.len();
+        for part in partials.chunks(n) {
+            for (a, &v) in dst.iter_mut().zip(&part[span.clone()]) {
+                *a += v;
             }
         }
-        i += 32;
-    }
-    while i + 8 <= d {
-        let ev = _mm256_loadu_ps(row.as_ptr().add(i));
-        for (b, a) in acc.iter_mut().enumerate().take(rows) {
-            a[0] = _mm256_fmadd_ps(ev, _mm256_loadu_ps(y.as_ptr().add(b * d + i)), a[0]);
-        }
-        i += 8;
-    }
-    for (b, a) in acc.iter().enumerate().take(rows) {
-        let s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-        let mut total = lanes.iter().sum::<f32>();
-        for j in i..d {
-            total += row[j] * y[b * d + j];
-        }
-        slot[b] = total;
+    };
+    if par != Par::Seq && n > CHUNK {
+        acc.par_chunks_mut(CHUNK).enumerate().for_each(add);
+    } else {
+        acc.chunks_mut(CHUNK).enumerate().for_each(add);
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn dots(_: &[f32], _: &[f32], _: usize, _: &mut [f32]) {
-    unreachable!("available() is false off x86_64")
-}
+/// Modes taken together by the kernels: four rows of eigenvectors stream at once (one row
+/// at a time, a single thread read them at about half the rate of a BLAS matrix-vector
+/// product), and the partial output is read and written once per four modes.
+const GROUP: usize = 4;
 
-/// `dst[b * n + j] = Σ_k q[b * r + k] e[k * d + i0 + j]` for `j < n`, modes in order, four
-/// at a time (one chain of fused multiply-adds per element).
+/// One block of modes, `GROUP` at a time (single modes at the end): their projections
+/// `pts[(k - k0) * rows + b]`, then `sums[o] += Σ_k w[o][k] pts[src[o]] u_k` while the rows
+/// u_k are still in the cache.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpys(
+unsafe fn block(
     e: &[f32],
     d: usize,
-    i0: usize,
-    n: usize,
-    q: &[f32],
-    r: usize,
+    y: &[f32],
     rows: usize,
-    dst: &mut [f32],
+    w: &[f32],
+    src: &[usize],
+    modes: std::ops::Range<usize>,
+    pts: &mut [f32],
+    sums: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let vec_end = n - n % 8;
-    let mut k = 0;
-    while k < r {
-        let take = (r - k).min(4);
-        for b in 0..rows {
-            let o = dst.as_mut_ptr().add(b * n);
-            let qb = &q[b * r + k..b * r + k + take];
-            let mut j = 0;
-            while j < vec_end {
-                let mut acc = _mm256_loadu_ps(o.add(j));
-                for (t, &qv) in qb.iter().enumerate() {
-                    let ev = _mm256_loadu_ps(e.as_ptr().add((k + t) * d + i0 + j));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(qv), ev, acc);
-                }
-                _mm256_storeu_ps(o.add(j), acc);
-                j += 8;
-            }
-            for j in vec_end..n {
-                let mut acc = *o.add(j);
-                for (t, &qv) in qb.iter().enumerate() {
-                    acc = qv.mul_add(e[(k + t) * d + i0 + j], acc);
-                }
-                *o.add(j) = acc;
+    let r = e.len() / d;
+    let (k0, end) = (modes.start, modes.end);
+    let outs = src.len();
+    let mut q = [0f32; MAX_OUTS * GROUP];
+    let mut k = k0;
+    while k < end {
+        let m = if end - k >= GROUP { GROUP } else { 1 };
+        let group = &e[k * d..(k + m) * d];
+        let slot = &mut pts[(k - k0) * rows..(k - k0 + m) * rows];
+        match (rows, m) {
+            (1, GROUP) => dots::<1, GROUP>(group, y, slot),
+            (2, GROUP) => dots::<2, GROUP>(group, y, slot),
+            (3, GROUP) => dots::<3, GROUP>(group, y, slot),
+            (_, GROUP) => dots::<4, GROUP>(group, y, slot),
+            (1, _) => dots::<1, 1>(group, y, slot),
+            (2, _) => dots::<2, 1>(group, y, slot),
+            (3, _) => dots::<3, 1>(group, y, slot),
+            _ => dots::<4, 1>(group, y, slot),
+        }
+        for (o, &s) in src.iter().enumerate() {
+            for j in 0..m {
+                q[o * m + j] = slot[j * rows + s] * w[o * r + k + j];
             }
         }
-        k += take;
+        let q = &q[..outs * m];
+        if m == GROUP {
+            axpys_by::<GROUP>(group, q, sums);
+        } else {
+            axpys_by::<1>(group, q, sums);
+        }
+        k += m;
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn axpys(
+unsafe fn block(
     _: &[f32],
     _: usize,
-    _: usize,
-    _: usize,
     _: &[f32],
     _: usize,
-    _: usize,
+    _: &[f32],
+    _: &[usize],
+    _: std::ops::Range<usize>,
+    _: &mut [f32],
     _: &mut [f32],
 ) {
     unreachable!("available() is false off x86_64")
+}
+
+/// `slot[j * R + b] = Σ_i group[j * d + i] y[b * d + i]` for the `M` rows j of `group` and
+/// the `R` rows b of `y`: one 8-lane accumulator per pair, held in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dots<const R: usize, const M: usize>(group: &[f32], y: &[f32], slot: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    let mut acc = [[_mm256_setzero_ps(); M]; R];
+    let vec_end = d - d % 8;
+    let mut i = 0;
+    while i < vec_end {
+        let mut ev = [_mm256_setzero_ps(); M];
+        for (j, v) in ev.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
+        }
+        for (b, a) in acc.iter_mut().enumerate() {
+            let yv = _mm256_loadu_ps(y.as_ptr().add(b * d + i));
+            for (av, &evj) in a.iter_mut().zip(&ev) {
+                *av = _mm256_fmadd_ps(evj, yv, *av);
+            }
+        }
+        i += 8;
+    }
+    for (b, a) in acc.iter().enumerate() {
+        for (j, &v) in a.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            let mut total = lanes.iter().sum::<f32>();
+            for t in vec_end..d {
+                total += group[j * d + t] * y[b * d + t];
+            }
+            slot[j * R + b] = total;
+        }
+    }
+}
+
+/// `sums[o * d + i] += Σ_j q[o * M + j] group[j * d + i]` for every output row o, the `M`
+/// rows j in order (one chain of fused multiply-adds per element).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn axpys_by<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    let outs = q.len() / M;
+    let vec_end = d - d % 8;
+    let base = sums.as_mut_ptr();
+    let mut i = 0;
+    while i < vec_end {
+        let mut ev = [_mm256_setzero_ps(); M];
+        for (j, v) in ev.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
+        }
+        for (o, qo) in q.chunks_exact(M).enumerate().take(outs) {
+            let p = base.add(o * d + i);
+            let mut acc = _mm256_loadu_ps(p);
+            for (&qv, &evj) in qo.iter().zip(&ev) {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(qv), evj, acc);
+            }
+            _mm256_storeu_ps(p, acc);
+        }
+        i += 8;
+    }
+    for t in vec_end..d {
+        for (o, qo) in q.chunks_exact(M).enumerate() {
+            let dst = &mut sums[o * d + t];
+            for (j, &qv) in qo.iter().enumerate() {
+                *dst = qv.mul_add(group[j * d + t], *dst);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Both kernels against f64 sums at odd sizes (below, at and past the vector width and
-    /// the block sizes; one mode), every batch size, with and without threads; the result
-    /// is the same bit for bit whatever the threads.
+    /// Blocks of modes: every mode in exactly one block, in order, at most `MAX_PARTS`.
     #[test]
-    fn kernels_match_f64_sums() {
+    fn blocks_cover_every_mode_once() {
+        for r in [1, 2, 31, 32, 33, 100, 511, 512, 513, 1024, 3072, 12288] {
+            let mut next = 0;
+            for b in 0..parts(r) {
+                let m = block_modes(r, b);
+                assert_eq!(m.start, next, "r {r}");
+                assert!(!m.is_empty(), "r {r} block {b}");
+                next = m.end;
+            }
+            assert_eq!(next, r);
+            assert!(parts(r) <= MAX_PARTS);
+        }
+    }
+
+    /// The fused products against f64 sums at odd sizes (below, at and past the vector width
+    /// and the block sizes; one mode), every batch size, one to two slabs, with and without
+    /// threads; the result is the same bit for bit whatever the threads.
+    #[test]
+    fn fused_products_match_f64_sums() {
         if !available() {
             eprintln!("skipped: no AVX2/FMA on this CPU");
             return;
@@ -235,52 +330,69 @@ mod tests {
             (32, 1),
             (33, 65),
             (2049, 2),
+            (40, 600),
         ];
+        let f32s = |rng: &mut crate::rng::Rng, n| -> Vec<f32> {
+            rng.normals(n).iter().map(|&v| v as f32).collect()
+        };
         for (d, r) in sizes {
-            let e: Vec<f32> = rng.normals(r * d).iter().map(|&v| v as f32).collect();
+            let e = f32s(&mut rng, r * d);
             for rows in 1..=MAX_ROWS {
-                let y: Vec<f32> = rng.normals(rows * d).iter().map(|&v| v as f32).collect();
-                let q: Vec<f32> = rng.normals(rows * r).iter().map(|&v| v as f32).collect();
-                let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
-                for par in [Par::Seq, Par::rayon(2), Par::rayon(3)] {
-                    let mut p = vec![f32::NAN; rows * r];
-                    let mut out = vec![f32::NAN; rows * d];
-                    crate::pool::install(|| {
-                        project(&e, d, &y, rows, &mut p, par);
-                        back_project(&e, d, &q, rows, &mut out, par);
-                    });
-                    for b in 0..rows {
-                        for k in 0..r {
-                            let want: f64 = (0..d)
-                                .map(|i| f64::from(y[b * d + i]) * f64::from(e[k * d + i]))
-                                .sum();
-                            let tol = 1e-5 * (d as f64).sqrt() * (1.0 + want.abs());
-                            assert!(
-                                (f64::from(p[b * r + k]) - want).abs() < tol,
-                                "p {d} {r} {b} {k}"
-                            );
-                        }
-                        for i in 0..d {
-                            let want: f64 = (0..r)
-                                .map(|k| f64::from(q[b * r + k]) * f64::from(e[k * d + i]))
-                                .sum();
-                            let tol = 1e-5 * (r as f64).sqrt() * (1.0 + want.abs());
-                            assert!(
-                                (f64::from(out[b * d + i]) - want).abs() < tol,
-                                "out {d} {r} {b} {i}"
-                            );
-                        }
-                    }
-                    match &first {
-                        None => first = Some((p, out)),
-                        Some((p0, out0)) => {
-                            let bits =
-                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                            assert_eq!(bits(&p), bits(p0), "p {d} {r} {rows} {par:?}");
-                            assert_eq!(bits(&out), bits(out0), "out {d} {r} {rows} {par:?}");
+                for slabs in 1..=MAX_OUTS / rows {
+                    let y = f32s(&mut rng, rows * d);
+                    let outs = slabs * rows;
+                    let w = f32s(&mut rng, outs * r);
+                    let src: Vec<usize> = (0..outs).map(|o| o % rows).collect();
+                    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+                    for par in [Par::Seq, Par::rayon(2), Par::rayon(3)] {
+                        let mut p = vec![f32::NAN; rows * r];
+                        let mut acc = vec![f32::NAN; outs * d];
+                        crate::pool::install(|| {
+                            project_back(&e, d, &y, rows, &w, &src, &mut p, &mut acc, par)
+                        })
+                        .unwrap();
+                        check(&e, d, &y, &w, &src, &p, &acc);
+                        match &first {
+                            None => first = Some((p, acc)),
+                            Some((p0, acc0)) => {
+                                let bits =
+                                    |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                                assert_eq!(bits(&p), bits(p0), "p {d} {r} {rows} {par:?}");
+                                assert_eq!(bits(&acc), bits(acc0), "acc {d} {r} {rows} {par:?}");
+                            }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// `p` and `acc` within a few roundings per term of the f64 sums.
+    fn check(e: &[f32], d: usize, y: &[f32], w: &[f32], src: &[usize], p: &[f32], acc: &[f32]) {
+        let r = e.len() / d;
+        let rows = y.len() / d;
+        let unit = f64::from(f32::EPSILON);
+        for b in 0..rows {
+            for k in 0..r {
+                let terms = (0..d).map(|i| f64::from(y[b * d + i]) * f64::from(e[k * d + i]));
+                let (want, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                let got = f64::from(p[b * r + k]);
+                assert!(
+                    (got - want).abs() <= 2.0 * unit * d as f64 * size,
+                    "p {b} {k}"
+                );
+            }
+        }
+        for (o, &s) in src.iter().enumerate() {
+            for i in 0..d {
+                let terms = (0..r).map(|k| {
+                    let q = f64::from(p[s * r + k] * w[o * r + k]);
+                    q * f64::from(e[k * d + i])
+                });
+                let (want, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                let got = f64::from(acc[o * d + i]);
+                let tol = 2.0 * unit * (r + MAX_PARTS) as f64 * size;
+                assert!((got - want).abs() <= tol, "acc {o} {i}: {got} vs {want}");
             }
         }
     }
