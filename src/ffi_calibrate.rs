@@ -46,8 +46,9 @@ pub type gs_denoise_fn = Option<
     ) -> c_int,
 >;
 
-/// Options of `gs_calibrate`; all zeros (or a NULL pointer) is the default: Heun, tolerance
-/// the step-count error, candidates until the first beyond tolerance, no reference set.
+/// Options of `gs_calibrate`; all zeros (or a NULL pointer) is the default: Heun, the
+/// hand-off rule (GS_TOLERANCE_STEP_COUNT), candidates until the first beyond tolerance, no
+/// reference set. Every candidate's final samples are measured.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gs_calibrate_options {
