@@ -24,8 +24,9 @@
 //! than [`Sampler::handoff_factor`] times the sampler's own error there, which is half the
 //! error the same sampler makes there with half the steps (Euler/DDIM: 1, Heun: 2). The
 //! sampler after the hand-off is the same for both states, so a jump within this bound
-//! changes the final samples no more than running the skipped steps at half the step count
-//! would. Both errors are RMS over every draw and coordinate, so 8 to 32 draws measure them
+//! moves the final samples, roughly, half as far from the exact ones as running the skipped
+//! steps at half the step count would (measured, not assumed: the final-sample change is in
+//! the table). Both errors are RMS over every draw and coordinate, so 8 to 32 draws measure them
 //! to a few percent. The final-sample change is not used for the default choice: a network
 //! whose samples change all or nothing per draw (a memorising one, or the bundled ideal
 //! model) switches a few percent of its samples when the jump goes too far, which 32 draws
