@@ -8,9 +8,9 @@ The library (``gs_calibrate``) runs the schedule once without a jump, once with 
 steps, and for k = 1, 2, ... the jump to ``sigmas[k]`` plus the remaining steps. The default
 rule is decided at the hand-off: the two runs give (Richardson extrapolation) the exact
 state at ``sigmas[k]`` and the sampler's own error there; candidate k is within when the jump
-lands no further from the exact state than ``Sampler`` order p's factor 2^(p-1) times the
-sampler's error (Euler/DDIM 1, Heun 2: half the error of the same sampler with half the
-steps). These errors are averages over every draw and pixel, so 8-32 draws measure them
+lands no further from the exact state than 2^(p-1) times the sampler's own error there, p
+the sampler's order (Euler/DDIM 1x, Heun 2x: half the error of the same sampler with half
+the steps). These errors are averages over every draw and pixel, so 8-32 draws measure them
 stably. ``cal.k`` is the largest k with every candidate up to it within; the final-sample
 change against the run without a jump is measured and reported for each candidate. The model then holds the
 calibration in its metadata (``model.save`` keeps it), keyed by sampler and schedule, and the
