@@ -23,9 +23,12 @@ pub const GS_SAMPLER_HEUN: u32 = 0;
 /// `gs_calibrate_options.sampler`: Euler in EDM variables, which is deterministic DDIM on VP
 /// levels and flow-matching Euler on flow levels.
 pub const GS_SAMPLER_EULER: u32 = 1;
-/// `gs_calibrate_options.tolerance_rule`: the sampler's step-count error (the default).
+/// `gs_calibrate_options.tolerance_rule`: the default, decided at the hand-off against the
+/// sampler's own step-count error there: the jump's error against the exact state
+/// (extrapolated from runs with 1x and 2x the steps) at most 2^(p-1) times the sampler's
+/// own, p its order (Euler 1, Heun 2). The JSON names it "hand-off".
 pub const GS_TOLERANCE_STEP_COUNT: u32 = 0;
-/// `gs_calibrate_options.tolerance_rule`: the fixed RMS `tolerance`.
+/// `gs_calibrate_options.tolerance_rule`: the fixed final-sample RMS `tolerance`.
 pub const GS_TOLERANCE_RMS: u32 = 1;
 
 /// The caller's network as an x0-predictor: writes D(x, at) = E[x0 | x_t = x] of the `rows`
@@ -43,8 +46,9 @@ pub type gs_denoise_fn = Option<
     ) -> c_int,
 >;
 
-/// Options of `gs_calibrate`; all zeros (or a NULL pointer) is the default: Heun, tolerance
-/// the step-count error, candidates until the first beyond tolerance, no reference set.
+/// Options of `gs_calibrate`; all zeros (or a NULL pointer) is the default: Heun, the
+/// hand-off rule (GS_TOLERANCE_STEP_COUNT), candidates until the first beyond tolerance, no
+/// reference set. Every candidate's final samples are measured.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct gs_calibrate_options {
@@ -139,6 +143,7 @@ fn options_of(o: *const gs_calibrate_options, dim: usize) -> Result<Options<'sta
         max_k: (o.max_k != 0).then_some(o.max_k),
         full_table: o.full_table != 0,
         reference,
+        final_samples: true,
     })
 }
 

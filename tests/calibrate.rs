@@ -23,14 +23,13 @@ fn noise(rows: usize, dim: usize, sigma: f64, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// The issue's validation: calibrated on 32 draws, the chosen k keeps >= 98 % of 64 fresh
-/// draws nearest the same training image as without the jump, and it is not timid (the jump
-/// is exact to k = 4 on EDM Heun 18 steps).
-///
-/// The choice depends on the draws here: the ideal model's final samples are training
-/// items, so each sample keeps its identity or not, and 32 draws cannot see a switch rate of
-/// a few percent. Seven sets of 32 draws (seeds 1, 6, 7, 11, 12, 13, 14) chose k = 3, 4, 4,
-/// 4, 6, 4, 4 (README, "Calibrating the hand-off"); this test pins seed 11.
+/// The issue's validation over several calibration seeds, none picked: each of seeds 1..=6
+/// (32 draws) calibrates EDM Heun 18 steps with the default rule, and every chosen k keeps at
+/// least 98 % of 64 fresh draws (seed 1000) nearest the same training image as without the
+/// jump. Not timid: the jump is exact to about k = 4 there, which here means every k is at
+/// least 3 and most are 4 or more (the hand-off ratio at k = 4 is 1.62-2.07 over seeds 1-12
+/// against the bound 2, so a few sets of draws stop at 3; README, "Calibrating the
+/// hand-off"). Cost: 104 network evaluations per seed (the final samples are skipped).
 #[test]
 fn mnist_calibrated_k_holds_on_fresh_noise() {
     let data = load_csv(BUNDLED_DATA.as_ref()).expect("bundled data");
@@ -39,62 +38,48 @@ fn mnist_calibrated_k_holds_on_fresh_noise() {
     let ctx = Context::cpu();
     let sigmas = karras_sigmas(18, 0.002, 80.0, 7.0).unwrap();
     let levels = edm(&sigmas);
-    let x_t = noise(32, data.dim, sigmas[0], 11);
-    let cal = calibrate(
-        &ctx,
-        &model,
-        &mut ideal,
-        &levels,
-        &x_t,
-        &Options {
-            reference: Some(&data.rows),
+    let mut chosen = Vec::new();
+    for seed in 1..=6 {
+        let x_t = noise(32, data.dim, sigmas[0], seed);
+        // The choice is made at the hand-off; skipping the candidates' final samples keeps
+        // this test to the reference and the step check (104 NFE per seed).
+        let opts = Options {
+            final_samples: false,
             ..Options::default()
-        },
-    )
-    .expect("calibrate");
-    println!("{}\n{}", cal.summary(), cal.table());
+        };
+        let cal = calibrate(&ctx, &model, &mut ideal, &levels, &x_t, &opts).expect("calibrate");
+        println!("seed {seed}: {}\n{}", cal.summary(), cal.table());
+        assert_eq!(cal.tolerance_rule, "hand-off");
+        assert_eq!(cal.cost.reference, 35);
+        assert_eq!(cal.cost.step_check, 69);
+        assert_eq!(cal.cost.candidates, 0);
+        assert_eq!(cal.cost.total, 35 + 69);
+        assert!(cal.candidates.iter().all(|c| c.rms_change.is_none()));
+        chosen.push(cal.k);
+    }
+    println!("calibrated k for seeds 1..=6: {chosen:?}");
+    assert!(chosen.iter().all(|&k| k >= 3), "timid: {chosen:?}");
     assert!(
-        cal.k >= 4,
-        "timid: k = {} (the jump is exact to k = 4)",
-        cal.k
+        2 * chosen.iter().filter(|&&k| k >= 4).count() > chosen.len(),
+        "timid: {chosen:?}"
     );
-    assert_eq!(cal.cost.reference, 35);
-    assert_eq!(cal.cost.step_check, 69);
-    let expected: usize = cal
-        .candidates
-        .iter()
-        .map(|c| 35 - c.nfe_saved)
-        .sum::<usize>();
-    assert_eq!(cal.cost.candidates, expected);
-    assert_eq!(cal.cost.total, 35 + 69 + expected);
 
-    let fresh = noise(64, data.dim, sigmas[0], 2);
+    let fresh = noise(64, data.dim, sigmas[0], 1000);
     let mut full = fresh.clone();
     edm_heun(&mut ideal, &mut full, &sigmas, 0).unwrap();
-    let mut jumped = vec![0f32; fresh.len()];
-    ctx.skip(
-        &model,
-        &fresh,
-        &mut jumped,
-        Noise::edm(sigmas[0]),
-        Noise::edm(sigmas[cal.k]),
-    )
-    .unwrap();
-    edm_heun(&mut ideal, &mut jumped, &sigmas, cal.k).unwrap();
-    let (a, b) = (
-        ideal.nearest(&full).unwrap(),
-        ideal.nearest(&jumped).unwrap(),
-    );
-    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-    println!(
-        "fresh draws: {same}/64 nearest the same training image at k = {}",
-        cal.k
-    );
-    assert!(
-        same * 100 >= 98 * 64,
-        "only {same}/64 kept at k = {}",
-        cal.k
-    );
+    let base = ideal.nearest(&full).unwrap();
+    chosen.sort_unstable();
+    chosen.dedup();
+    for k in chosen {
+        let mut jumped = vec![0f32; fresh.len()];
+        ctx.skip(&model, &fresh, &mut jumped, levels[0], levels[k])
+            .unwrap();
+        edm_heun(&mut ideal, &mut jumped, &sigmas, k).unwrap();
+        let b = ideal.nearest(&jumped).unwrap();
+        let same = base.iter().zip(&b).filter(|(x, y)| x == y).count();
+        println!("fresh draws: {same}/64 nearest the same training image at k = {k}");
+        assert!(same * 100 >= 98 * 64, "only {same}/64 kept at k = {k}");
+    }
 }
 
 /// A Gaussian model N(mean, diag(eigvals)) in `dim` dimensions along the coordinate axes.
@@ -144,7 +129,9 @@ fn gaussian_network_has_no_gap() {
     let step = cal.step_error.unwrap();
     assert!(step > 0.0);
     assert!(
-        cal.candidates.iter().all(|c| c.rms_change <= 1.5 * step),
+        cal.candidates
+            .iter()
+            .all(|c| c.rms_change.unwrap() <= 1.5 * step),
         "{}",
         cal.table()
     );
@@ -299,6 +286,12 @@ fn bad_inputs_are_refused() {
         ..Options::default()
     };
     assert!(run(&good, &x_t, &o).contains("tolerance"));
+    let o = Options {
+        tolerance: Tolerance::Rms(0.1),
+        final_samples: false,
+        ..Options::default()
+    };
+    assert!(run(&good, &x_t, &o).contains("final_samples"));
     let reference = vec![0f32; 7];
     let o = Options {
         reference: Some(&reference),
@@ -351,7 +344,8 @@ fn stored_calibrations_round_trip() {
             (c.k, c.cost, c.batch, c.candidates.len())
         );
         for (a, b) in l.candidates.iter().zip(&c.candidates) {
-            assert!((a.rms_change - b.rms_change).abs() <= 1e-12 * b.rms_change.abs());
+            let (a, b) = (a.rms_change.unwrap(), b.rms_change.unwrap());
+            assert!((a - b).abs() <= 1e-12 * b.abs());
         }
     }
     let rounded: Vec<Noise> = cal

@@ -119,6 +119,8 @@ impl Candidate {
             "nfe_saved": self.nfe_saved,
             "rms_change": self.rms_change,
             "state_change": self.state_change,
+            "jump_error": self.jump_error,
+            "sampler_error": self.sampler_error,
             "denoiser_gap": self.denoiser_gap,
             "same_nearest": self.same_nearest,
             "within": self.within,
@@ -130,8 +132,10 @@ impl Candidate {
             k: uint(v, "k")?,
             sigma: num(v, "sigma")?,
             nfe_saved: uint(v, "nfe_saved")?,
-            rms_change: num(v, "rms_change")?,
+            rms_change: opt_num(v, "rms_change")?,
             state_change: num(v, "state_change")?,
+            jump_error: opt_num(v, "jump_error")?,
+            sampler_error: opt_num(v, "sampler_error")?,
             denoiser_gap: num(v, "denoiser_gap")?,
             same_nearest: match v.get("same_nearest") {
                 None | Some(Value::Null) => None,
@@ -218,10 +222,7 @@ impl Calibration {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            step_error: match v.get("step_error") {
-                None | Some(Value::Null) => None,
-                Some(_) => Some(num(v, "step_error")?),
-            },
+            step_error: opt_num(v, "step_error")?,
             batch: uint(v, "batch")?,
             nfe_full: uint(v, "nfe_full")?,
             cost: Cost {
@@ -242,6 +243,14 @@ fn num(v: &Value, key: &str) -> Result<f64, String> {
         .and_then(Value::as_f64)
         .filter(|x| x.is_finite())
         .ok_or_else(|| format!("`{key}` is missing or not a finite number"))
+}
+
+/// An optional number: absent or null is `None` (files of earlier versions lack some).
+fn opt_num(v: &Value, key: &str) -> Result<Option<f64>, String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => num(v, key).map(Some),
+    }
 }
 
 fn uint(v: &Value, key: &str) -> Result<usize, String> {

@@ -5,9 +5,14 @@
     x, rest = gs.kdiffusion_skip(model, x, sigmas, k="auto")
 
 The library (``gs_calibrate``) runs the schedule once without a jump, once with twice the
-steps (the sampler's own step-count error; the default tolerance is half of it), and for
-k = 1, 2, ... the jump to ``sigmas[k]`` plus the remaining steps, until the final samples move
-by more than the tolerance. ``cal.k`` is the largest k within it. The model then holds the
+steps, and for k = 1, 2, ... the jump to ``sigmas[k]`` plus the remaining steps. The default
+rule is decided at the hand-off: the two runs give (Richardson extrapolation) the exact
+state at ``sigmas[k]`` and the sampler's own error there; candidate k is within when the jump
+lands no further from the exact state than 2^(p-1) times the sampler's own error there, p
+the sampler's order (Euler/DDIM 1x, Heun 2x: half the error of the same sampler with half
+the steps). These errors are averages over every draw and pixel, so 8-32 draws measure them
+stably. ``cal.k`` is the largest k with every candidate up to it within; the final-sample
+change against the run without a jump is measured and reported for each candidate. The model then holds the
 calibration in its metadata (``model.save`` keeps it), keyed by sampler and schedule, and the
 integration helpers accept ``k="auto"``.
 
@@ -108,10 +113,16 @@ class Candidate:
     sigma: float
     """EDM sigma (sigma / alpha) where the sampler resumes."""
     nfe_saved: int
-    rms_change: float
-    """RMS of the final samples against the run without a jump."""
+    rms_change: Optional[float]
+    """RMS of the final samples against the run without a jump (always measured here)."""
     state_change: float
     """RMS of the jumped state against the reference trajectory at the hand-off."""
+    jump_error: Optional[float]
+    """RMS of the jumped state against the exact state at the hand-off (extrapolated from the
+    runs with 1x and 2x the steps; None with a fixed tolerance)."""
+    sampler_error: Optional[float]
+    """RMS of the run without a jump against the exact state at the hand-off: the sampler's own
+    error there (None with a fixed tolerance)."""
     denoiser_gap: float
     """RMS of the network's minus the Gaussian's x0-prediction on the reference trajectory
     at the hand-off."""
@@ -129,9 +140,12 @@ class Calibration:
     sampler: str
     levels: List[Noise]
     tolerance: float
+    """``"hand-off"``: the largest accepted ratio ``jump_error / sampler_error``; ``"fixed"``: the
+    largest final-sample RMS change."""
     tolerance_rule: str
-    """``"step-count"`` (half the measured step-count error) or ``"fixed"``."""
+    """``"hand-off"`` (the default) or ``"fixed"``."""
     step_error: Optional[float]
+    """RMS of the final samples against the run with twice the steps (with the default rule)."""
     batch: int
     nfe_full: int
     """Network evaluations of one run without a jump."""
@@ -148,13 +162,14 @@ class Calibration:
         return [n.edm_sigma for n in self.levels]
 
     def __str__(self) -> str:
-        rows = ["   k  sigma at hand-off  NFE saved  final RMS change  state change  denoiser gap"]
+        rows = ["   k  sigma at hand-off  NFE saved  jump error  sampler error  final RMS change  denoiser gap"]
         for c in self.table:
             mark = "  <- k" if c.k == self.k else ""
             near = f"  {c.same_nearest}/{self.batch} same nearest" if c.same_nearest is not None else ""
+            jump, own, final = ("-" if v is None else f"{v:.3g}" for v in (c.jump_error, c.sampler_error, c.rms_change))
             rows.append(
-                f"{c.k:>4}  {c.sigma:>17.4g}  {c.nfe_saved:>9}  {c.rms_change:>9.3g} "
-                f"{'ok' if c.within else 'beyond':>6}  {c.state_change:>12.3g}  {c.denoiser_gap:>12.3g}{near}{mark}"
+                f"{c.k:>4}  {c.sigma:>17.4g}  {c.nfe_saved:>9}  {jump:>10}  {own:>13}  {final:>16}"
+                f"  {c.denoiser_gap:>12.3g}  {'ok' if c.within else 'beyond'}{near}{mark}"
             )
         rows.append(
             f"calibrated k = {self.k} ({self.sampler}, {len(self.levels) - 1} steps; tolerance "
@@ -171,8 +186,10 @@ def _parse(text: str) -> Calibration:
             k=c["k"],
             sigma=c["sigma"],
             nfe_saved=c["nfe_saved"],
-            rms_change=c["rms_change"],
+            rms_change=c.get("rms_change"),
             state_change=c["state_change"],
+            jump_error=c.get("jump_error"),
+            sampler_error=c.get("sampler_error"),
             denoiser_gap=c["denoiser_gap"],
             same_nearest=c.get("same_nearest"),
             within=c["within"],
@@ -250,8 +267,9 @@ def calibrate(
             (``sigmas[0] * torch.randn(...)``; for flow levels starting at t = 1, unit noise).
         sampler: ``"heun"`` (EDM sigmas only) or ``"euler"`` (``"ddim"`` is the same on VP
             levels; flow-matching Euler on flow levels).
-        tolerance: a fixed RMS in the data's units instead of the default, half the sampler's
-            own step-count error (costs one run with twice the steps).
+        tolerance: a fixed final-sample RMS in the data's units instead of the default rule
+            (the jump's error at the hand-off at most 2^(p-1) times the sampler's own, p its
+            order; costs one run with twice the steps).
         max_k: the largest k to try (default: every k that leaves one step).
         full_table: measure every k up to ``max_k`` instead of stopping after the first one
             beyond the tolerance.

@@ -44,8 +44,10 @@ def test_result_and_cost():
     assert cal.table[0].k == 1 and all(c.nfe_saved == 2 * c.k for c in cal.table)
     assert cal.cost["reference"] == 15 and cal.cost["step_check"] == 29
     assert cal.nfe == cal.cost["reference"] + cal.cost["step_check"] + cal.cost["candidates"]
-    assert cal.tolerance_rule == "step-count" and cal.tolerance == pytest.approx(0.5 * cal.step_error)
+    assert cal.tolerance_rule == "hand-off" and cal.tolerance == 2.0 and cal.step_error >= 0
     assert all(c.within for c in cal.table[: cal.k])
+    for c in cal.table:
+        assert c.within == (c.jump_error <= cal.tolerance * c.sampler_error)
     assert len(cal.table) == cal.k + 1 or cal.k == len(SIGMAS) - 2
     assert cal.sigmas[0] == pytest.approx(80.0)
     assert "calibrated k" in str(cal)
