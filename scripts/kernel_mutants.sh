@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kernels' logic without a GPU: runs the host emulation (kernels/emulate) of the real
-# kernels, once more under AddressSanitizer/UBSan (a subset of cases), then applies every
-# mutant in kernels/emulate/mutants/ (a deliberate bug, one patch each) to a copy of kernels/
-# and checks that the emulation catches it. Exits 0 only when the real kernels pass, the
+# kernels of both versions, once more under AddressSanitizer/UBSan (a subset of cases), then
+# applies every mutant in kernels/emulate/mutants/ (a deliberate bug, one patch each) to a copy
+# of kernels/ and checks that the emulation catches it. Exits 0 only when the real kernels pass, the
 # sanitized run is clean and every mutant is caught; the last line reads "N of N mutants caught".
 #
 # Usage: scripts/kernel_mutants.sh          (needs g++ and the pinned CUDA headers, installed
