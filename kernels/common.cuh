@@ -84,8 +84,9 @@ struct GsArgs {
     double residual_var;
     GsLevel from;
     GsLevel to[GS_INLINE_LEVELS];
+    long long keep_eigvecs; /* version 2: the eigenvectors fit in L2; launch 1 keeps them there */
 };
-static_assert(sizeof(GsArgs) == 496, "GsArgs must match src/backend/cuda/args.rs");
+static_assert(sizeof(GsArgs) == 504, "GsArgs must match src/backend/cuda/args.rs");
 
 /* The group a block's row tile belongs to, with its component. */
 struct GsGroupView {

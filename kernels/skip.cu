@@ -1,5 +1,8 @@
 /*
  * skip.cu: every operation of SPEC §4 (skip, denoise, skip and x0 trajectories) in two launches.
+ * This file is version 1 (entry points gs_*) and the pieces both versions share (row setup,
+ * weights and output epilogues, tiles, accumulators); version 2 (gs2_*, the default: a cp.async
+ * pipeline) is in skip2.cuh, included at the end. The launcher picks the version at run time.
  *
  *   out = a mean + b y + (P .* W) E,   y = x - c mean,   P = Y E^T
  *
@@ -77,9 +80,9 @@ template <> struct GsShape<float> {
 };
 #define GS_LDC (GS_BN + 4)
 
-/* Accumulators of one block: a BM x 64 f32 tile, summed on tensor cores or by FMAs. */
-template <typename UT, int BM> struct GsAcc {
-    using S = GsShape<UT>;
+/* Accumulators of one block: a BM x 64 f32 tile, summed on tensor cores or by FMAs, over
+ * shared tiles laid out as shape S says (BK, LDK, LDN). */
+template <typename UT, int BM, typename S = GsShape<UT>> struct GsAcc {
     static constexpr int WARPS_M = BM / 32, WARPS_N = 4 / WARPS_M, FN = GS_BN / 16 / WARPS_N;
     static constexpr int RM = BM / 8; /* f32 path: rows per thread */
     static_assert(BM == 32 || BM == 64 || BM == 128, "BM is 32, 64 or 128");
@@ -244,6 +247,87 @@ __device__ __forceinline__ float gs_weight(const GsArgs &a, int s, long long r, 
     return gs_gain<float>(a.kind, from, to, lambda) - gs_gain<float>(a.kind, from, to, resid);
 }
 
+/* The rows of launch 1's tile (row0.. of its group): source rows, shifts c and, on the f16
+ * path, the power of two that brings the largest |y| of each row over [kbeg, kend) below 1.
+ * row_e and row_max are reused by gs_write_q. Ends with a barrier. */
+template <typename XT, bool TC, int BM>
+__device__ __forceinline__ void gs_project_rows(const GsArgs &a, const GsGroupView &g, long long row0, long long kbeg,
+                                                long long kend, float *row_c, int *row_e, unsigned int *row_max,
+                                                long long *row_src) {
+    const XT *x = static_cast<const XT *>(a.x);
+    if (threadIdx.x < BM) {
+        const long long p = row0 + threadIdx.x;
+        const long long r = p < g.count ? gs_source_row(a, g.first + p) : -1;
+        row_src[threadIdx.x] = r;
+        row_c[threadIdx.x] = r >= 0 ? (float)gs_row_c(a, r) : 0.f;
+        row_e[threadIdx.x] = 0;
+        row_max[threadIdx.x] = 0u;
+    }
+    __syncthreads();
+    if constexpr (TC) {
+        for (int m = 0; m < BM && row_src[m] >= 0; ++m) {
+            const XT *xr = x + row_src[m] * a.dim;
+            float v = 0.f;
+            for (long long k = kbeg + threadIdx.x; k < kend; k += GS_THREADS)
+                v = fmaxf(v, fabsf(gs_to_f32(xr[k]) - row_c[m] * __ldg(g.c.mean + k)));
+            gs_max_abs(&row_max[m], v);
+        }
+        __syncthreads();
+        if (threadIdx.x < BM) row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
+        __syncthreads();
+    }
+}
+
+/* Q = P .* W of launch 1's finished tile cs (BM rows x 64 modes from n0 = 64 mt, true scale,
+ * f32) for every output slab. With f16 eigenvectors each row of the tile is stored times 2^-e,
+ * e chosen so that its largest |Q| is below 1, and e goes to qexp. */
+template <typename UT, int BM>
+__device__ __forceinline__ void gs_write_q(const GsArgs &a, const GsGroupView &g, const float *cs, const long long *row_src,
+                                           int *row_e, unsigned int *row_max, long long row0, long long mt) {
+    constexpr bool TC = std::is_same<UT, __half>::value;
+    UT *q = static_cast<UT *>(a.q);
+    const float resid = (float)g.resid;
+    const long long qbase = g.first * a.slabs + row0, n0 = mt * GS_BN, rank = g.c.rank;
+    for (int s = 0; s < a.slabs; ++s) {
+        if constexpr (TC) {
+            if (threadIdx.x < BM) row_max[threadIdx.x] = 0u;
+            __syncthreads();
+            for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+                const int m = e / GS_BN, n = e % GS_BN;
+                const long long r = row_src[m], k = n0 + n;
+                if (r >= 0 && k < rank)
+                    gs_max_abs(&row_max[m], cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid));
+            }
+            __syncthreads();
+            if (threadIdx.x < BM) {
+                row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
+                if (row_src[threadIdx.x] >= 0)
+                    a.qexp[(qbase + s * g.count + threadIdx.x) * a.mode_tiles + mt] = row_e[threadIdx.x];
+            }
+            __syncthreads();
+        }
+        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+            const int m = e / GS_BN, n = e % GS_BN;
+            const long long r = row_src[m], k = n0 + n;
+            if (r < 0 || k >= rank) continue;
+            float v = cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid);
+            if constexpr (TC) v = ldexpf(v, -row_e[m]);
+            q[(qbase + s * g.count + m) * a.rq + k] = gs_from_f32<UT>(v);
+        }
+        if constexpr (TC) __syncthreads(); /* row_e and row_max are reused by the next slab */
+    }
+}
+
+/* Undoes the f16 path's row scaling 2^-row_e on the f32 tile cs (launch 1: every row; launch
+ * 2: rows with a tile in this split, row_e > -1000). Ends with a barrier. */
+template <int BM> __device__ __forceinline__ void gs_unscale_rows(float *cs, const int *row_e) {
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        if (row_e[m] > -1000) cs[m * GS_LDC + n] = ldexpf(cs[m * GS_LDC + n], row_e[m]);
+    }
+    __syncthreads();
+}
+
 template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_project(const GsArgs &a) {
     using S = GsShape<UT>;
     constexpr int TILE_BYTES = (BM + GS_BN) * S::LDK * (int)sizeof(UT);
@@ -269,27 +353,7 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     const XT *x = static_cast<const XT *>(a.x);
     const UT *eig = static_cast<const UT *>(g.c.eigvecs);
     const bool vec = gs_vec_ok<UT>(eig, dim);
-
-    if (threadIdx.x < BM) {
-        const long long p = row0 + threadIdx.x;
-        const long long r = p < g.count ? gs_source_row(a, g.first + p) : -1;
-        row_src[threadIdx.x] = r;
-        row_c[threadIdx.x] = r >= 0 ? (float)gs_row_c(a, r) : 0.f;
-        row_e[threadIdx.x] = 0;
-        row_max[threadIdx.x] = 0u;
-    }
-    __syncthreads();
-    if constexpr (S::TC) {
-        for (int m = 0; m < BM && row_src[m] >= 0; ++m) {
-            const XT *xr = x + row_src[m] * dim;
-            float v = 0.f;
-            for (long long k = kbeg + threadIdx.x; k < kend; k += GS_THREADS)
-                v = fmaxf(v, fabsf(gs_to_f32(xr[k]) - row_c[m] * __ldg(g.c.mean + k)));
-            gs_max_abs(&row_max[m], v);
-        }
-        __syncthreads();
-        if (threadIdx.x < BM) row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
-    }
+    gs_project_rows<XT, S::TC, BM>(a, g, row0, kbeg, kend, row_c, row_e, row_max, row_src);
 
     GsAcc<UT, BM> acc;
     acc.zero();
@@ -298,7 +362,7 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     rows.load(x, dim, row_src, kbeg, kend);
     etile.load(eig, dim, n0, kbeg, rank, kend, vec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
-        __syncthreads(); /* previous chunk consumed (and row_e written, first time) */
+        __syncthreads(); /* previous chunk consumed */
         rows.store(ys, g.c.mean, row_c, row_e, row_src, k0, kend);
         etile.store(es);
         __syncthreads();
@@ -311,51 +375,12 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_p
     __syncthreads();
     acc.store(cs);
     __syncthreads();
-    if constexpr (S::TC) { /* back to the true scale, in f32 */
-        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-            const int m = e / GS_BN, n = e % GS_BN;
-            cs[m * GS_LDC + n] = ldexpf(cs[m * GS_LDC + n], row_e[m]);
-        }
-        __syncthreads();
-    }
+    if constexpr (S::TC) gs_unscale_rows<BM>(cs, row_e); /* back to the true scale, in f32 */
 
     if (a.splits > 1 &&
         !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits, a.rowpad, a.rpad, rt * BM, n0))
         return;
-
-    /* Q = P .* W for every output slab. With f16 eigenvectors each row of the tile is stored
-     * times 2^-e, e chosen so that its largest |Q| is below 1, and e goes to qexp. */
-    UT *q = static_cast<UT *>(a.q);
-    const float resid = (float)g.resid;
-    const long long qbase = g.first * a.slabs + row0;
-    for (int s = 0; s < a.slabs; ++s) {
-        if constexpr (S::TC) {
-            if (threadIdx.x < BM) row_max[threadIdx.x] = 0u;
-            __syncthreads();
-            for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-                const int m = e / GS_BN, n = e % GS_BN;
-                const long long r = row_src[m], k = n0 + n;
-                if (r >= 0 && k < rank)
-                    gs_max_abs(&row_max[m], cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid));
-            }
-            __syncthreads();
-            if (threadIdx.x < BM) {
-                row_e[threadIdx.x] = gs_exponent(__uint_as_float(row_max[threadIdx.x]));
-                if (row_src[threadIdx.x] >= 0)
-                    a.qexp[(qbase + s * g.count + threadIdx.x) * a.mode_tiles + mt] = row_e[threadIdx.x];
-            }
-            __syncthreads();
-        }
-        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-            const int m = e / GS_BN, n = e % GS_BN;
-            const long long r = row_src[m], k = n0 + n;
-            if (r < 0 || k >= rank) continue;
-            float v = cs[m * GS_LDC + n] * gs_weight(a, s, r, (float)g.c.eigvals[k], resid);
-            if constexpr (S::TC) v = ldexpf(v, -row_e[m]);
-            q[(qbase + s * g.count + m) * a.rq + k] = gs_from_f32<UT>(v);
-        }
-        if constexpr (S::TC) __syncthreads(); /* row_e and row_max are reused by the next slab */
-    }
+    gs_write_q<UT, BM>(a, g, cs, row_src, row_e, row_max, row0, mt);
 }
 
 /* ---- launch 2: weighted back-projection and epilogue ---- */
@@ -378,6 +403,62 @@ __device__ __forceinline__ void gs_store_q(const GsTile<__half, BM, GS_BN, LDS> 
     }
 }
 
+/* The output rows of launch 2's tile (m0.. of its group, `rows` in all): coefficients a, b, c,
+ * source and output rows, and on the f16 path the largest q tile exponent of each row over the
+ * modes [kbeg, kend) (row_e; -1000 when the row has none). Ends with a barrier. */
+template <bool TC, int BM>
+__device__ __forceinline__ void gs_backproject_rows(const GsArgs &a, const GsGroupView &g, long long m0, long long rows,
+                                                    long long kbeg, long long kend, float *row_a, float *row_b,
+                                                    float *row_c, int *row_e, long long *row_src, long long *row_out) {
+    if (threadIdx.x < BM) {
+        const long long lm = m0 + threadIdx.x;
+        double ca = 0.0, cb = 0.0, cc = 0.0;
+        long long src = -1, dst = -1;
+        if (lm < rows) {
+            const int slab = (int)(lm / g.count);
+            src = gs_source_row(a, g.first + lm % g.count);
+            dst = slab * a.batch + src;
+            gs_row_ab(a, slab, src, g.resid, &ca, &cb);
+            cc = gs_row_c(a, src);
+        }
+        row_a[threadIdx.x] = (float)ca;
+        row_b[threadIdx.x] = (float)cb;
+        row_c[threadIdx.x] = (float)cc;
+        row_src[threadIdx.x] = src;
+        row_out[threadIdx.x] = dst;
+        row_e[threadIdx.x] = -1000; /* below any tile exponent (they are clamped to +-120) */
+    }
+    __syncthreads();
+    if constexpr (TC) {
+        const long long qbase = g.first * a.slabs;
+        const long long t0 = kbeg / GS_BN, nt = kend > kbeg ? (kend - kbeg + GS_BN - 1) / GS_BN : 0;
+        for (long long i = threadIdx.x; i < BM * nt; i += GS_THREADS) {
+            const long long m = i / nt;
+            if (m0 + m < rows)
+                atomicMax(&row_e[m], __ldg(a.qexp + (qbase + m0 + m) * a.mode_tiles + t0 + i % nt));
+        }
+        __syncthreads();
+    }
+}
+
+/* out = a mean + b y + cs for launch 2's finished tile (true scale, f32), columns n0.. */
+template <typename XT, int BM>
+__device__ __forceinline__ void gs_write_out(const GsArgs &a, const GsGroupView &g, const float *cs, const float *row_a,
+                                             const float *row_b, const float *row_c, const long long *row_src,
+                                             const long long *row_out, long long n0) {
+    const long long dim = a.dim;
+    const XT *x = static_cast<const XT *>(a.x);
+    XT *out = static_cast<XT *>(a.out);
+    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
+        const int m = e / GS_BN, n = e % GS_BN;
+        const long long gn = n0 + n;
+        if (row_out[m] < 0 || gn >= dim) continue;
+        const float mu = __ldg(g.c.mean + gn);
+        const float y = gs_to_f32(x[row_src[m] * dim + gn]) - row_c[m] * mu;
+        out[row_out[m] * dim + gn] = gs_from_f32<XT>(row_a[m] * mu + row_b[m] * y + cs[m * GS_LDC + n]);
+    }
+}
+
 template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_backproject(const GsArgs &a) {
     using S = GsShape<UT>;
     constexpr int TILE_BYTES = (BM * S::LDK + S::BK * S::LDN) * (int)sizeof(UT);
@@ -390,8 +471,9 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     UT *qs = reinterpret_cast<UT *>(smem);
     UT *es = qs + BM * S::LDK;
     float *cs = reinterpret_cast<float *>(smem);
+    static_assert(!S::TC || S::BK == GS_BN, "a launch-2 chunk is one launch-1 mode tile");
 
-    const long long batch = a.batch, dim = a.dim;
+    const long long dim = a.dim;
     const long long rt = blockIdx.x % a.row_tiles2, n0 = (blockIdx.x / a.row_tiles2) * GS_BN;
     const GsGroupView g = gs_group(a, rt, true);
     const long long rank = g.c.rank, rows = (long long)a.slabs * g.count; /* the group's output rows */
@@ -399,39 +481,10 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     const UT *q = static_cast<const UT *>(a.q);
     const UT *eig = static_cast<const UT *>(g.c.eigvecs);
     const bool qvec = gs_vec_ok<UT>(q, a.rq), evec = gs_vec_ok<UT>(eig, dim);
-
-    if (threadIdx.x < BM) {
-        const long long lm = m0 + threadIdx.x;
-        double ca = 0.0, cb = 0.0, cc = 0.0;
-        long long src = -1, dst = -1;
-        if (lm < rows) {
-            const int slab = (int)(lm / g.count);
-            src = gs_source_row(a, g.first + lm % g.count);
-            dst = slab * batch + src;
-            gs_row_ab(a, slab, src, g.resid, &ca, &cb);
-            cc = gs_row_c(a, src);
-        }
-        row_a[threadIdx.x] = (float)ca;
-        row_b[threadIdx.x] = (float)cb;
-        row_c[threadIdx.x] = (float)cc;
-        row_src[threadIdx.x] = src;
-        row_out[threadIdx.x] = dst;
-        row_e[threadIdx.x] = -1000; /* below any tile exponent (they are clamped to +-120) */
-    }
-
     const long long chunks = (a.rank + S::BK - 1) / S::BK, per_split = (chunks + a.splits2 - 1) / a.splits2;
     const long long kbeg = blockIdx.z * per_split * S::BK;
     const long long kend = min(rank, kbeg + per_split * S::BK);
-    if constexpr (S::TC) {
-        static_assert(S::BK == GS_BN, "a launch-2 chunk is one launch-1 mode tile");
-        __syncthreads();
-        const long long t0 = kbeg / GS_BN, nt = kend > kbeg ? (kend - kbeg + GS_BN - 1) / GS_BN : 0;
-        for (long long i = threadIdx.x; i < BM * nt; i += GS_THREADS) {
-            const long long m = i / nt;
-            if (m0 + m < rows)
-                atomicMax(&row_e[m], __ldg(a.qexp + (qbase + m0 + m) * a.mode_tiles + t0 + i % nt));
-        }
-    }
+    gs_backproject_rows<S::TC, BM>(a, g, m0, rows, kbeg, kend, row_a, row_b, row_c, row_e, row_src, row_out);
 
     GsAcc<UT, BM> acc;
     acc.zero();
@@ -440,7 +493,7 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     qtile.load(q, a.rq, qbase + m0, kbeg, qbase + rows, kend, qvec);
     etile.load(eig, dim, kbeg, n0, kend, dim, evec);
     for (long long k0 = kbeg; k0 < kend; k0 += S::BK) {
-        __syncthreads(); /* previous chunk consumed (and the row scalars written, first time) */
+        __syncthreads(); /* previous chunk consumed */
         if constexpr (S::TC)
             gs_store_q<BM, S::LDK>(qtile, qs, a, qbase + m0, qbase + rows, k0 / GS_BN, row_e);
         else
@@ -456,27 +509,11 @@ template <typename XT, typename UT, int BM> __device__ __forceinline__ void gs_b
     __syncthreads();
     acc.store(cs);
     __syncthreads();
-    if constexpr (S::TC) { /* the row exponent, applied in f32 */
-        for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-            const int m = e / GS_BN, n = e % GS_BN;
-            if (row_e[m] > -1000) cs[m * GS_LDC + n] = ldexpf(cs[m * GS_LDC + n], row_e[m]);
-        }
-        __syncthreads();
-    }
+    if constexpr (S::TC) gs_unscale_rows<BM>(cs, row_e); /* the row exponent, applied in f32 */
     if (a.splits2 > 1 &&
         !gs_split_reduce<BM>(cs, a.part, a.counters + blockIdx.x, a.splits2, a.rowpad2, a.cpad, rt * BM, n0))
         return;
-
-    const XT *x = static_cast<const XT *>(a.x);
-    XT *out = static_cast<XT *>(a.out);
-    for (int e = threadIdx.x; e < BM * GS_BN; e += GS_THREADS) {
-        const int m = e / GS_BN, n = e % GS_BN;
-        const long long gn = n0 + n;
-        if (row_out[m] < 0 || gn >= dim) continue;
-        const float mu = __ldg(g.c.mean + gn);
-        const float y = gs_to_f32(x[row_src[m] * dim + gn]) - row_c[m] * mu;
-        out[row_out[m] * dim + gn] = gs_from_f32<XT>(row_a[m] * mu + row_b[m] * y + cs[m * GS_LDC + n]);
-    }
+    gs_write_out<XT, BM>(a, g, cs, row_a, row_b, row_c, row_src, row_out, n0);
 }
 
 /* ---- entry points: gs_{project,backproject}_<x dtype>x_<eigvec dtype>u_bm<rows per block> ----
@@ -507,10 +544,11 @@ GS_KERNELS(bf16, __nv_bfloat16, f32, float)
 
 /*
  * Launcher notes (src/backend/cuda/geometry.rs): launch 1 uses BM = 64 from 64 rows of x up,
- * else 32; launch 2 uses BM = 128 from 128 output rows up, else 32. For each launch, splits =
- * the fewest splits that give about 4 blocks per multiprocessor (4 blocks of <= 128 registers
- * per thread fit, and 4 x 8 KB of eigenvector loads in flight per multiprocessor is what the
- * memory needs by Little's law), each split a whole number of BK chunks; an empty split
+ * else 32; launch 2 uses BM = 128 from 128 output rows up, else 32 (both versions). For each
+ * launch of version 1, splits = the fewest splits that give about 4 blocks per multiprocessor
+ * (4 blocks of <= 128 registers per thread fit, and 4 x 8 KB of eigenvector loads in flight per
+ * multiprocessor is what the memory needs by Little's law); version 2 fills whole waves of its
+ * resident blocks (occupancy API). Each split is a whole number of BK chunks; an empty split
  * (possible when the chunks do not divide evenly) adds a zero partial. Split counts can be
  * overridden at run time for measurements. part holds splits x rowpad x rpad floats for
  * launch 1, then splits2 x rowpad2 x cpad for launch 2 (padded to whole tiles, so partial
@@ -520,3 +558,6 @@ GS_KERNELS(bf16, __nv_bfloat16, f32, float)
  * allocated for each call in stream order on the caller's stream and freed after launch 2, so
  * concurrent streams and captured graphs never share it.
  */
+
+/* Version 2 (the default): the same two launches with a cp.async pipeline. */
+#include "skip2.cuh"

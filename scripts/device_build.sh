@@ -48,9 +48,11 @@ cp bindings/python/tests/conftest.py bindings/python/tests/test_torch.py "$carry
 if [ -f ../shared/bench/torch_peer.py ]; then cp ../shared/bench/torch_peer.py "$carry.tmp/bench/"; fi
 cat > "$carry.tmp/run_gpu.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root (about 6-8 minutes on an H100/H200).
-# Prints the device, the GPU tests (a missing GPU fails), compute-sanitizer on small shapes,
-# the Python torch tests (graph capture and streams), then the speed table. Logs go to $OUT.
+# Runs on the GPU machine from the repository root (about 8-10 minutes on an H100/H200: the
+# GPU tests and the speed table cover both kernel versions; GS_BENCH_ARGS="--versions v2" or
+# "--quick" shortens the table). Prints the device, the GPU tests (a missing GPU fails),
+# compute-sanitizer on small shapes, the Python torch tests (graph capture and streams), then
+# the speed table (v1 and v2 side by side). Logs go to $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/gs-out}
 mkdir -p "$out"
@@ -90,7 +92,7 @@ else
     echo "no Python package carried"
 fi
 
-echo "== speed table (ours vs PyTorch, same run)"
+echo "== speed table (ours, v1 and v2, vs PyTorch, same run)"
 PYTHONUNBUFFERED=1 python3 .carry/bench/gpu_bench.py --lib .carry/lib/libgaussskip.so ${GS_BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "run_gpu: exit $status"

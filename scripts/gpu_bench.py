@@ -6,11 +6,15 @@ PyTorch peer is the logic of ../shared/bench/torch_peer.py (eager fp16, and the 
 captured in a CUDA graph: the form to beat), run here on the same shapes, with eigenvector
 copies rotated where one copy would fit in L2.
 
-Per call (skip, f16 I/O, f16 eigenvectors): ours as an eager call (host overhead included:
-what users pay) and replayed from a graph captured with torch.cuda.graph, PyTorch eager and
-graph, the roofline floor max(bytes / copy bandwidth, flops / fp16 matmul rate) with
-bytes = 2 d r 2 + 2 B d 2 and flops = 4 B d r, the ratios, achieved GB/s and TFLOP/s, and the
-relative error against float64.
+Both kernel generations side by side: one context per version (GAUSSSKIP_KERNELS=v1 / v2 when
+each is created), same models, inputs and streams.
+
+Per call (skip, f16 I/O, f16 eigenvectors): for each version, ours as an eager call (host
+overhead included: what users pay) and replayed from a graph captured with torch.cuda.graph;
+PyTorch eager and graph; the roofline floor max(bytes / copy bandwidth, flops / fp16 matmul
+rate) with bytes = 2 d r 2 + 2 B d 2 and flops = 4 B d r; the ratios (v2 against the best
+PyTorch form, against the floor, against v1), achieved GB/s and TFLOP/s, and the relative
+error against float64.
 
 Per launch (gs_context_time_launches, CUDA events around each launch): the projection and the
 back-projection, each with its blocks, split-K count, resident blocks per multiprocessor,
@@ -21,7 +25,8 @@ Exits 1 when any result breaks the precision contract (relative error > 2e-3 aga
 SPEC §5) or any call fails.
 
 Usage: python3 scripts/gpu_bench.py [--lib path/to/libgaussskip.so] [--quick] [--sweep]
-                                    [--splits P,B]
+                                    [--splits P,B] [--versions v1,v2] [--dry-run]
+--dry-run prints the shapes and the tables' columns without a GPU (no torch needed).
 Writes $OUT/gpu_bench.json when OUT is set.
 """
 import argparse
@@ -30,10 +35,10 @@ import json
 import os
 import sys
 
-import torch
-
-torch.backends.cuda.matmul.allow_tf32 = False
+torch = None  # imported in main() unless --dry-run
 DEV = "cuda"
+SHAPES = [(3072, 3072), (12288, 12288), (16384, 16384), (12288, 1024), (16384, 1024)]
+BATCHES = [1, 16, 64, 256]
 GS_DEVICE_CUDA, GS_DTYPE_F16 = 2, 1
 CONTRACT = 2e-3
 
@@ -134,27 +139,78 @@ def ceilings():
     return bw, tf
 
 
+def print_call_table(name, versions, rows):
+    """Per call: each version replayed from a graph (eager in the JSON), PyTorch eager and graph,
+    the floor; ratios of the newest version against the best PyTorch form, the floor and the
+    oldest version; its GB/s and TFLOP/s; the worst relative error of any version."""
+    new, old = versions[-1], versions[0]
+    print(f"\nper call, skip f16 I/O f16 eigenvectors, {name}: times in ms, ours replayed from a graph; "
+          f"ratios and rates are {new}'s")
+    cols = " ".join(f"{v + ' gr':>8}" for v in versions)
+    print(f"{'d':>6} {'r':>6} {'B':>4} | {cols} {new + ' eag':>8} | {'torch':>7} {'t.graph':>7} | {'floor':>7} | "
+          f"{'/torch':>6} {'/floor':>6} {'/' + old:>6} | {'GB/s':>6} {'TFLOP/s':>7} | relerr")
+    for w in rows:
+        best = min(w["torch_fp16_ms"], w["torch_graph_ms"])
+        ours = " ".join(f"{w[v + '_graph_ms']:8.3f}" for v in versions)
+        g = w[f"{new}_graph_ms"]
+        print(f"{w['d']:6d} {w['r']:6d} {w['B']:4d} | {ours} {w[new + '_ms']:8.3f} | "
+              f"{w['torch_fp16_ms']:7.3f} {w['torch_graph_ms']:7.3f} | {w['floor_ms']:7.3f} | "
+              f"{g / best:6.2f} {g / w['floor_ms']:6.2f} {g / w[old + '_graph_ms']:6.2f} | "
+              f"{w['gbps'][new]:6.0f} {w['tflops'][new]:7.1f} | {max(w['relerr'].values()):.1e}")
+
+
+def print_launch_table(sms, rows):
+    print(f"\nper launch ({sms} SMs): forced = split override (0 = rule)")
+    print(f"{'ver':>3} {'d':>6} {'r':>6} {'B':>4} {'launch':>11} {'forced':>7} | {'blocks':>6} {'splits':>6} "
+          f"{'BM':>4} {'res/SM':>6} {'waves':>6} | {'ms':>7} {'floor':>7} {'/floor':>6} | {'GB/s':>6} {'TFLOP/s':>7}")
+    for w in rows:
+        print(f"{w['version']:>3} {w['d']:6d} {w['r']:6d} {w['B']:4d} {w['launch']:>11} "
+              f"{w['forced'][0]:>3},{w['forced'][1]:<3} | {w['blocks']:6d} {w['splits']:6d} {w['bm']:4d} "
+              f"{w['blocks_per_sm']:6d} {w['waves']:6.2f} | {w['ms']:7.3f} {w['floor_ms']:7.3f} "
+              f"{w['ms'] / w['floor_ms']:6.2f} | {w['gbps']:6.0f} {w['tflops']:7.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default=os.environ.get("GAUSSSKIP_LIB", "target/release/libgaussskip.so"))
     ap.add_argument("--quick", action="store_true", help="d = 3072 only")
     ap.add_argument("--sweep", action="store_true", help="per-launch times at other split counts too")
     ap.add_argument("--splits", default="0,0", help="split-K override P,B for the per-launch table (0 = rule)")
+    ap.add_argument("--versions", default="v1,v2", help="kernel generations to measure, comma-separated")
+    ap.add_argument("--dry-run", action="store_true", help="print the shapes and columns, touch no GPU")
     args = ap.parse_args()
     force = [int(v) for v in args.splits.split(",")]
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    if not versions or any(v not in ("v1", "v2") for v in versions):
+        ap.error(f"--versions takes v1 and/or v2, not {args.versions!r}")
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.dry_run:
+        print(f"versions {', '.join(versions)}; shapes (d, r) x B: "
+              + "; ".join(f"({d}, {r}) x {BATCHES}" for d, r in shapes))
+        print_call_table("(dry run)", versions, [])
+        print_launch_table(0, [])
+        return
+    global torch
+    import torch as _torch
+    torch = _torch
+    torch.backends.cuda.matmul.allow_tf32 = False
     lib = load(args.lib)
-    ctx = C.c_void_p()
-    check(lib, lib.gs_context_create(GS_DEVICE_CUDA, 0, C.byref(ctx)), "gs_context_create")
+    ctxs = {}
+    for v in versions:
+        # each context reads GAUSSSKIP_KERNELS once, when it is created
+        os.environ["GAUSSSKIP_KERNELS"] = v
+        c = C.c_void_p()
+        check(lib, lib.gs_context_create(GS_DEVICE_CUDA, 0, C.byref(c)), f"gs_context_create ({v})")
+        ctxs[v] = c
+    ctx = ctxs[versions[-1]]  # denoise and trajectories: the newest version measured
 
     bw, tf = ceilings()
     name = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"device {name} ({sms} SMs); ceilings: copy {bw / 1e12:.2f} TB/s, fp16 gemm {tf / 1e12:.0f} TFLOP/s",
           flush=True)
-    res = dict(device=name, bw=bw, fp16_flops=tf, skip=[], launches=[], denoise=[], trajectory=[])
-    shapes = [(3072, 3072), (12288, 12288), (16384, 16384), (12288, 1024), (16384, 1024)]
-    if args.quick:
-        shapes = shapes[:1]
+    res = dict(device=name, bw=bw, fp16_flops=tf, versions=versions, skip=[], launches=[], denoise=[],
+               trajectory=[])
     ss, st = 80.0, 10.0
     call_rows, launch_rows = [], []
     for d, r in shapes:
@@ -174,23 +230,17 @@ def main():
             del e
         s = st / ss
         coef = torch.sqrt((lam + st**2) / (lam + ss**2)) - s
-        for B in [1, 16, 64, 256]:
+        for B in BATCHES:
             x16 = (torch.randn(B, d, device=DEV) * 80).half()
             out16 = torch.empty_like(x16)
             k = [0]
 
-            def call_with(m):
+            def call_with(c, m):
                 def call():
-                    check(lib, lib.gs_skip(ctx, m, GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(), B,
+                    check(lib, lib.gs_skip(c, m, GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(), B,
                                            Noise(1.0, ss), Noise(1.0, st), torch.cuda.current_stream().cuda_stream),
                           "gs_skip")
                 return call
-
-            ours_calls = [call_with(m) for m, _ in models]
-
-            def ours():
-                ours_calls[k[0] % ncopies]()
-                k[0] += 1
 
             def torch_with(U):
                 def peer():
@@ -204,66 +254,78 @@ def main():
                 peers[k[0] % ncopies]()
                 k[0] += 1
 
-            t_ours = bench(ours)
             t_torch = bench(torch16)
             replay_torch, gt = graphed(peers)
             t_tgraph = bench(replay_torch)
             del gt
-            replay_ours, go = graphed(ours_calls)
-            t_ograph = bench(replay_ours)
-            # correctness of our output (eager and replayed) against float64 on model 0
+            # float64 reference on model 0
             q = models[0][1].double()
             xd = x16.double() - mu.double()
             ref = mu.double() + s * xd + ((xd @ q) * coef.double()) @ q.T
-            errs = []
-            for run in (ours_calls[0], lambda: go[0].replay()):
-                out16.fill_(float("nan"))
-                run()
-                torch.cuda.synchronize()
-                errs.append(((out16.double() - ref).norm() / ref.norm()).item())
-            del go
-            relerr = max(errs)
-            if not relerr <= CONTRACT:
-                FAILURES.append(f"skip d={d} r={r} B={B}: relative error {relerr:.2e} > {CONTRACT}")
             bytes_ = 2 * d * r * 2 + 2 * B * d * 2
             flops = 4 * B * d * r
             floor = max(bytes_ / bw, flops / tf) * 1e3
-            best = min(t_torch, t_tgraph)
-            row = dict(d=d, r=r, B=B, ours_ms=t_ours, ours_graph_ms=t_ograph, torch_fp16_ms=t_torch,
-                       torch_graph_ms=t_tgraph, floor_ms=floor, relerr=relerr,
-                       gbps=bytes_ / (t_ograph * 1e-3) / 1e9, tflops=flops / (t_ograph * 1e-3) / 1e12)
+            row = dict(d=d, r=r, B=B, torch_fp16_ms=t_torch, torch_graph_ms=t_tgraph, floor_ms=floor,
+                       gbps={}, tflops={}, relerr={})
+            for v in versions:
+                ours_calls = [call_with(ctxs[v], m) for m, _ in models]
+
+                def ours():
+                    ours_calls[k[0] % ncopies]()
+                    k[0] += 1
+
+                t_ours = bench(ours)
+                replay_ours, go = graphed(ours_calls)
+                t_ograph = bench(replay_ours)
+                errs = []
+                for run in (ours_calls[0], lambda: go[0].replay()):
+                    out16.fill_(float("nan"))
+                    run()
+                    torch.cuda.synchronize()
+                    errs.append(((out16.double() - ref).norm() / ref.norm()).item())
+                del go
+                relerr = max(errs)
+                if not relerr <= CONTRACT:
+                    FAILURES.append(f"skip {v} d={d} r={r} B={B}: relative error {relerr:.2e} > {CONTRACT}")
+                row[f"{v}_ms"] = t_ours
+                row[f"{v}_graph_ms"] = t_ograph
+                row["relerr"][v] = relerr
+                row["gbps"][v] = bytes_ / (t_ograph * 1e-3) / 1e9
+                row["tflops"][v] = flops / (t_ograph * 1e-3) / 1e12
             res["skip"].append(row)
             call_rows.append(row)
 
-            # per launch
-            sweeps = [tuple(force)]
-            lt = LaunchTimes()
-            check(lib, lib.gs_context_time_launches(ctx, models[0][0], GS_DTYPE_F16, x16.data_ptr(), out16.data_ptr(),
-                                                    B, Noise(1.0, ss), Noise(1.0, st), force[0], force[1], 20,
-                                                    torch.cuda.current_stream().cuda_stream, C.byref(lt)),
-                  "gs_context_time_launches")
-            if args.sweep:
-                auto = (lt.splits[0], lt.splits[1])
-                sweeps += [(1, 1), (max(1, auto[0] // 2), max(1, auto[1] // 2)), (2 * auto[0], 2 * auto[1])]
-            for sp in sweeps:
+            # per launch, each version
+            for v in versions:
                 lt = LaunchTimes()
-                check(lib, lib.gs_context_time_launches(ctx, models[0][0], GS_DTYPE_F16, x16.data_ptr(),
-                                                        out16.data_ptr(), B, Noise(1.0, ss), Noise(1.0, st), sp[0],
-                                                        sp[1], 20, torch.cuda.current_stream().cuda_stream,
-                                                        C.byref(lt)), "gs_context_time_launches")
-                for i, stage in enumerate(["project", "backproject"]):
-                    # eigenvectors once per launch; launch 1 reads x (twice: the range scan) and
-                    # writes q; launch 2 reads q and x and writes out
-                    lb = d * r * 2 + (2 * B * d * 2 + B * r * 2 if i == 0 else B * r * 2 + 2 * B * d * 2)
-                    lf = 2 * B * d * r
-                    lfloor = max(lb / bw, lf / tf) * 1e3
-                    ms = lt.launch_ms[i]
-                    lrow = dict(d=d, r=r, B=B, launch=stage, forced=list(sp), ms=ms, floor_ms=lfloor,
-                                blocks=lt.blocks[i], splits=lt.splits[i], bm=lt.block_rows[i],
-                                blocks_per_sm=lt.blocks_per_sm[i], waves=lt.waves[i],
-                                gbps=lb / (ms * 1e-3) / 1e9, tflops=lf / (ms * 1e-3) / 1e12)
-                    res["launches"].append(lrow)
-                    launch_rows.append(lrow)
+                check(lib, lib.gs_context_time_launches(ctxs[v], models[0][0], GS_DTYPE_F16, x16.data_ptr(),
+                                                        out16.data_ptr(), B, Noise(1.0, ss), Noise(1.0, st),
+                                                        force[0], force[1], 20,
+                                                        torch.cuda.current_stream().cuda_stream, C.byref(lt)),
+                      "gs_context_time_launches")
+                sweeps = [tuple(force)]
+                if args.sweep:
+                    auto = (lt.splits[0], lt.splits[1])
+                    sweeps += [(1, 1), (max(1, auto[0] // 2), max(1, auto[1] // 2)), (2 * auto[0], 2 * auto[1])]
+                for sp in sweeps:
+                    lt = LaunchTimes()
+                    check(lib, lib.gs_context_time_launches(ctxs[v], models[0][0], GS_DTYPE_F16, x16.data_ptr(),
+                                                            out16.data_ptr(), B, Noise(1.0, ss), Noise(1.0, st),
+                                                            sp[0], sp[1], 20, torch.cuda.current_stream().cuda_stream,
+                                                            C.byref(lt)), "gs_context_time_launches")
+                    for i, stage in enumerate(["project", "backproject"]):
+                        # eigenvectors once per launch; launch 1 reads x (twice: the range scan)
+                        # and writes q; launch 2 reads q and x and writes out
+                        lb = d * r * 2 + (2 * B * d * 2 + B * r * 2 if i == 0 else B * r * 2 + 2 * B * d * 2)
+                        lf = 2 * B * d * r
+                        lfloor = max(lb / bw, lf / tf) * 1e3
+                        ms = lt.launch_ms[i]
+                        lrow = dict(version=v, d=d, r=r, B=B, launch=stage, forced=list(sp), ms=ms, floor_ms=lfloor,
+                                    blocks=lt.blocks[i], splits=lt.splits[i], bm=lt.block_rows[i],
+                                    blocks_per_sm=lt.blocks_per_sm[i], waves=lt.waves[i],
+                                    gbps=lb / (ms * 1e-3) / 1e9, tflops=lf / (ms * 1e-3) / 1e12)
+                        res["launches"].append(lrow)
+                        launch_rows.append(lrow)
 
             if B in (1, 64):
                 k[0] = 0
@@ -288,33 +350,20 @@ def main():
                           "gs_skip_trajectory")
 
                 t_traj = bench(trajectory)
-                res["trajectory"].append(dict(d=d, r=r, B=B, ms=t_traj, skip_ms=t_ours))
+                res["trajectory"].append(dict(d=d, r=r, B=B, ms=t_traj, skip_ms=row[f"{versions[-1]}_ms"]))
                 del traj
-            print(f"  d={d} r={r} B={B}: ours {t_ours:.3f} ms (graph {t_ograph:.3f}), torch {t_torch:.3f} "
-                  f"(graph {t_tgraph:.3f}), floor {floor:.3f}, relerr {relerr:.1e}", flush=True)
+            ours_text = ", ".join(f"{v} {row[v + '_ms']:.3f} ms (graph {row[v + '_graph_ms']:.3f})" for v in versions)
+            print(f"  d={d} r={r} B={B}: {ours_text}, torch {t_torch:.3f} (graph {t_tgraph:.3f}), floor {floor:.3f}, "
+                  f"relerr {max(row['relerr'].values()):.1e}", flush=True)
         for m, _ in models:
             lib.gs_model_free(m)
         del Us16, models
         torch.cuda.empty_cache()
-    lib.gs_context_free(ctx)
+    for c in ctxs.values():
+        lib.gs_context_free(c)
+    print_call_table(name, versions, call_rows)
+    print_launch_table(sms, launch_rows)
 
-    print(f"\nper call, skip f16 I/O f16 eigenvectors, {name}: times in ms; ratios against the best PyTorch "
-          "form and the floor use ours replayed from a graph")
-    print(f"{'d':>6} {'r':>6} {'B':>4} | {'eager':>7} {'graph':>7} | {'torch':>7} {'t.graph':>7} | {'floor':>7} | "
-          f"{'/torch':>6} {'/floor':>6} {'eager/fl':>8} | {'GB/s':>6} {'TFLOP/s':>7} | relerr")
-    for w in call_rows:
-        best = min(w["torch_fp16_ms"], w["torch_graph_ms"])
-        print(f"{w['d']:6d} {w['r']:6d} {w['B']:4d} | {w['ours_ms']:7.3f} {w['ours_graph_ms']:7.3f} | "
-              f"{w['torch_fp16_ms']:7.3f} {w['torch_graph_ms']:7.3f} | {w['floor_ms']:7.3f} | "
-              f"{w['ours_graph_ms'] / best:6.2f} {w['ours_graph_ms'] / w['floor_ms']:6.2f} "
-              f"{w['ours_ms'] / w['floor_ms']:8.2f} | {w['gbps']:6.0f} {w['tflops']:7.1f} | {w['relerr']:.1e}")
-    print(f"\nper launch ({sms} SMs): forced = split override (0 = rule)")
-    print(f"{'d':>6} {'r':>6} {'B':>4} {'launch':>11} {'forced':>7} | {'blocks':>6} {'splits':>6} {'BM':>4} "
-          f"{'res/SM':>6} {'waves':>6} | {'ms':>7} {'floor':>7} {'/floor':>6} | {'GB/s':>6} {'TFLOP/s':>7}")
-    for w in launch_rows:
-        print(f"{w['d']:6d} {w['r']:6d} {w['B']:4d} {w['launch']:>11} {w['forced'][0]:>3},{w['forced'][1]:<3} | "
-              f"{w['blocks']:6d} {w['splits']:6d} {w['bm']:4d} {w['blocks_per_sm']:6d} {w['waves']:6.2f} | "
-              f"{w['ms']:7.3f} {w['floor_ms']:7.3f} {w['ms'] / w['floor_ms']:6.2f} | {w['gbps']:6.0f} {w['tflops']:7.1f}")
     print("\ndenoise and 16-level trajectories (ms):")
     for w, t in zip(res["denoise"], res["trajectory"]):
         print(f"  d={w['d']} r={w['r']} B={w['B']}: denoise {w['ms']:.3f} (floor {w['floor_ms']:.3f}); "

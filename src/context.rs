@@ -8,7 +8,7 @@ use std::ffi::c_void;
 
 use half::{bf16, f16};
 
-use crate::backend::{LaunchTimes, Splits};
+use crate::backend::{KernelVersion, LaunchTimes, Splits};
 use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -256,6 +256,27 @@ impl Context {
                 b.time_skip_launches(model, op, dtype, x, out, batch, stream, splits, reps)
             }
         }
+    }
+
+    /// The CUDA kernel generation this context's later calls use (`None` on a CPU context).
+    /// A new CUDA context takes it from `GAUSSSKIP_KERNELS` (`v1` or `v2`), else version 2.
+    pub fn kernel_version(&self) -> Option<KernelVersion> {
+        match &self.backend {
+            Backend::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(b) => Some(b.kernel_version()),
+        }
+    }
+
+    /// Makes this CUDA context's later calls use kernel generation `version` (both are loaded
+    /// with the context; graphs captured before keep the kernels they captured). For side by
+    /// side measurements and tests; no effect on a CPU context.
+    pub fn set_kernel_version(&self, version: KernelVersion) {
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(b) = &self.backend {
+            b.set_kernel_version(version);
+        }
+        let _ = version;
     }
 
     /// Tests: fill every CUDA call's scratch with NaN before its kernels, so that a value the

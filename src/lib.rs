@@ -48,7 +48,7 @@ mod rows;
 mod safetensors_header;
 pub mod sampler;
 
-pub use backend::{LaunchTimes, Splits};
+pub use backend::{KernelVersion, LaunchTimes, Splits};
 pub use context::{Context, Device, EigvecStorage};
 pub use dtype::{Dtype, Element};
 pub use error::{Error, Result};

@@ -16,6 +16,9 @@
 //! memory buffers crossing a mapping chunk; values near the f16 range; the precision bound;
 //! device copies freed with their model; a model wider than 4.19 M dims; bad pointers and sizes.
 //!
+//! The comparisons run both kernel generations (version 1 and version 2, switched with
+//! `Context::set_kernel_version`) on the same inputs.
+//!
 //! Run single-threaded on a GPU (`--test-threads=1`): the graph tests capture in global mode.
 //!
 //! Without a usable GPU every test prints "skipped: no CUDA device (reason)" and passes; set
@@ -29,8 +32,13 @@ use cudarc::driver::{result, sys, CudaContext};
 use gaussskip::context::EigvecStorage;
 use gaussskip::reference::Gaussian;
 use gaussskip::rng::Rng;
-use gaussskip::{Context, Device, Dtype, Error, Levels, Model, ModelMeta, Noise, Op, Splits};
+use gaussskip::{
+    Context, Device, Dtype, Error, KernelVersion, Levels, Model, ModelMeta, Noise, Op, Splits,
+};
 use half::{bf16, f16};
+
+/// Both kernel generations, for the comparisons.
+const VERSIONS: [KernelVersion; 2] = [KernelVersion::V1, KernelVersion::V2];
 
 /// A CUDA context and the device's primary context made current on this thread (the tests'
 /// own allocations need it), or None after printing why the test is skipped.
@@ -411,11 +419,15 @@ fn every_operation_matches_the_f64_reference_row_by_row() {
                 let dx = DevMem::upload(&xbytes);
                 for (label, op) in operations(&from_rows, &to_rows, &traj, &long) {
                     let reference = g.apply(op, &xexact, batch).expect("reference");
-                    for (storage, ctx) in &contexts {
+                    for ((storage, ctx), version) in contexts
+                        .iter()
+                        .flat_map(|c| VERSIONS.iter().map(move |&v| (c, v)))
+                    {
+                        ctx.set_kernel_version(version);
                         let dout = DevMem::new(op.slabs() * batch * dim * dtype.size());
                         dout.poison();
                         let what = format!(
-                            "{label} d={dim} r={rank}{} b={batch} io={dtype:?} eigvecs={storage:?}",
+                            "{label} d={dim} r={rank}{} b={batch} io={dtype:?} eigvecs={storage:?} kernels={version:?}",
                             if flat { " flat" } else { "" }
                         );
                         let run = unsafe {
@@ -489,8 +501,12 @@ fn small_shapes_for_the_sanitizers() {
                 levels: &traj,
             },
         ];
-        for op in ops {
+        for (op, version) in ops
+            .into_iter()
+            .flat_map(|op| VERSIONS.map(move |v| (op, v)))
+        {
             for (storage, ctx) in [(EigvecStorage::F16, &f16ctx), (EigvecStorage::F32, &f32ctx)] {
+                ctx.set_kernel_version(version);
                 let dout = DevMem::new(op.slabs() * batch * dim * dtype.size());
                 dout.poison();
                 unsafe {
@@ -507,8 +523,9 @@ fn small_shapes_for_the_sanitizers() {
                 .expect("call");
                 unsafe { result::stream::synchronize(std::ptr::null_mut()) }.unwrap();
                 let reference = g.apply(op, &exact, batch).unwrap();
-                let what =
-                    format!("sanitizer shape d={dim} r={rank} b={batch} {dtype:?} {storage:?}");
+                let what = format!(
+                    "sanitizer shape d={dim} r={rank} b={batch} {dtype:?} {storage:?} {version:?}"
+                );
                 check_rows(
                     &what,
                     &decode(&dout.download(), dtype),
@@ -1009,7 +1026,7 @@ fn values_near_the_f16_range_stay_finite_and_accurate() {
         let (bytes, exact) = encode(&raw, dtype);
         let dx = DevMem::upload(&bytes);
         // a forward jump from far away, and a full-rank inversion 0.002 -> 80 (gains up to 4e4)
-        for op in [
+        let ops = [
             Op::Skip {
                 from: Noise::edm(80.0).into(),
                 to: Noise::edm(5.0).into(),
@@ -1018,7 +1035,12 @@ fn values_near_the_f16_range_stay_finite_and_accurate() {
                 from: Noise::edm(0.002).into(),
                 to: Noise::edm(80.0).into(),
             },
-        ] {
+        ];
+        for (op, version) in ops
+            .into_iter()
+            .flat_map(|op| VERSIONS.map(move |v| (op, v)))
+        {
+            ctx.set_kernel_version(version);
             let dout = DevMem::new(batch * dim * dtype.size());
             dout.poison();
             let r = unsafe {
@@ -1046,7 +1068,7 @@ fn values_near_the_f16_range_stay_finite_and_accurate() {
                 .apply(op, &exact, batch)
                 .unwrap();
             check_rows(
-                &format!("range d={dim} r={rank} x~{scale:e} {op:?}"),
+                &format!("range d={dim} r={rank} x~{scale:e} {op:?} {version:?}"),
                 &out,
                 &reference,
                 &exact,
@@ -1228,36 +1250,56 @@ fn a_model_wider_than_the_old_grid_limit_runs() {
     );
     let dx = DevMem::upload(&bytes);
     let dout = DevMem::new(dim * 4);
-    dout.poison();
     let op = Op::Skip {
         from: Noise::edm(10.0).into(),
         to: Noise::edm(1.0).into(),
     };
-    unsafe {
-        ctx.apply_raw(
+    let reference = Gaussian::from_model(&model).apply(op, &exact, 1).unwrap();
+    for version in VERSIONS {
+        ctx.set_kernel_version(version);
+        dout.poison();
+        unsafe {
+            ctx.apply_raw(
+                &model,
+                op,
+                Dtype::F32,
+                dx.cptr(),
+                dout.mptr(),
+                1,
+                std::ptr::null_mut(),
+            )
+        }
+        .expect("wide model");
+        unsafe { result::stream::synchronize(std::ptr::null_mut()) }.unwrap();
+        check_rows(
+            &format!("d = 4.3M {version:?}"),
+            &decode(&dout.download(), Dtype::F32),
+            &reference,
+            &exact,
             &model,
             op,
-            Dtype::F32,
-            dx.cptr(),
-            dout.mptr(),
             1,
-            std::ptr::null_mut(),
-        )
+            EigvecStorage::F16,
+            Dtype::F32,
+        );
     }
-    .expect("wide model");
-    unsafe { result::stream::synchronize(std::ptr::null_mut()) }.unwrap();
-    let reference = Gaussian::from_model(&model).apply(op, &exact, 1).unwrap();
-    check_rows(
-        "d = 4.3M",
-        &decode(&dout.download(), Dtype::F32),
-        &reference,
-        &exact,
-        &model,
-        op,
-        1,
-        EigvecStorage::F16,
-        Dtype::F32,
-    );
+}
+
+#[test]
+fn both_kernel_versions_are_selectable_and_v2_is_the_default() {
+    assert_eq!(Context::cpu().kernel_version(), None);
+    let Some((ctx, _primary)) = cuda(EigvecStorage::F16) else {
+        return;
+    };
+    let expected = match std::env::var("GAUSSSKIP_KERNELS").as_deref() {
+        Ok("v1") => KernelVersion::V1,
+        _ => KernelVersion::V2,
+    };
+    assert_eq!(ctx.kernel_version(), Some(expected));
+    for v in VERSIONS {
+        ctx.set_kernel_version(v);
+        assert_eq!(ctx.kernel_version(), Some(v));
+    }
 }
 
 #[test]
@@ -1464,7 +1506,11 @@ fn rows_of_several_components_match_the_cpu_row_by_row() {
             2e-5
         };
         let xd = DevMem::upload(bytemuck_f32(&x));
-        for op in ops {
+        for (op, version) in ops
+            .into_iter()
+            .flat_map(|op| VERSIONS.map(move |v| (op, v)))
+        {
+            ctx.set_kernel_version(version);
             let n_out = op.slabs() * batch * dim;
             let od = DevMem::new(4 * n_out);
             od.poison();
@@ -1495,7 +1541,10 @@ fn rows_of_several_components_match_the_cpu_row_by_row() {
             for (row, (a, b)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
                 let err = norm(a.iter().zip(b).map(|(p, q)| f64::from(p - q)))
                     / norm(b.iter().map(|&v| f64::from(v)));
-                assert!(err <= tol, "{storage:?} {op:?} output row {row}: {err:.3e}");
+                assert!(
+                    err <= tol,
+                    "{storage:?} {version:?} {op:?} output row {row}: {err:.3e}"
+                );
             }
         }
         // In capture: one component for all rows is fine after a warm-up, mixed rows are not.

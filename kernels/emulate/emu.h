@@ -16,7 +16,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <random>
 #include <semaphore>
@@ -88,6 +91,7 @@ inline void __syncthreads() { g_serial->barrier(threadIdx.x); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 template <class T> T __ldg(const T *p) { return *p; }
 template <class T> T __ldcg(const T *p) { return *p; }
+template <class T> void __stcg(T *p, T v) { *p = v; }
 inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline unsigned atomicMax(unsigned *p, unsigned v) { unsigned o = *p; *p = std::max(o, v); return o; }
 inline int atomicMax(int *p, int v) { int o = *p; *p = std::max(o, v); return o; }
@@ -96,3 +100,44 @@ inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); retu
 using std::isfinite;
 using std::min;
 using std::sqrt;
+
+// Version 2's dynamic shared memory (blocks run one after another, so one buffer serves all;
+// launch() poisons it with NaN bytes before each block) and cp.async (kernels/pipeline.cuh).
+#define GS_EMULATION 1
+#undef __constant__
+#define __constant__
+alignas(128) inline unsigned char gs_emu_smem[227 * 1024];
+
+// A cp.async copy lands either at issue (Landing::Eager) or only when a wait retires its group
+// (Landing::Late), chosen per launch: a missing or too shallow wait, or a missing barrier after
+// it, reads a stage that has not landed in the late mode; a stage overwritten while other
+// threads still read it shows in the eager mode. Misaligned copies abort, as they fault on a GPU.
+enum class Landing { Eager, Late };
+inline Landing g_landing = Landing::Eager;
+struct EmuCopy { void *dst; const void *src; bool valid; };
+inline thread_local std::vector<EmuCopy> emu_open;                // issued, not committed
+inline thread_local std::deque<std::vector<EmuCopy>> emu_groups;  // committed, not landed
+inline void emu_land(const EmuCopy &c) {
+    if (c.valid) std::memcpy(c.dst, c.src, 16);
+    else std::memset(c.dst, 0, 16);
+}
+inline uint64_t gs_l2_policy(int) { return 0; }
+inline void gs_cp16(void *dst, const void *src, bool valid, uint64_t) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 || (valid && reinterpret_cast<uintptr_t>(src) % 16)) {
+        std::fprintf(stderr, "misaligned cp.async (%p <- %p)\n", dst, src);
+        std::abort();
+    }
+    const EmuCopy c{dst, src, valid};
+    if (g_landing == Landing::Eager) emu_land(c);
+    else emu_open.push_back(c);
+}
+inline void gs_cp_commit() {
+    emu_groups.push_back(std::move(emu_open));
+    emu_open.clear();
+}
+template <int N> void gs_cp_wait() {
+    while (emu_groups.size() > size_t(N)) {
+        for (const EmuCopy &c : emu_groups.front()) emu_land(c);
+        emu_groups.pop_front();
+    }
+}

@@ -9,6 +9,30 @@ mod cpu_small;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+/// Which generation of the CUDA kernels a context runs (kernels/NOTES.md). Both are in the
+/// fatbin and loaded with the context; the choice only picks the entry points of later calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KernelVersion {
+    /// The first generation: register-staged double buffering, split counts for about four
+    /// blocks per multiprocessor.
+    V1,
+    /// The second generation (the default): a multi-stage cp.async pipeline, vector loads,
+    /// split counts for whole waves of the resident blocks.
+    #[default]
+    V2,
+}
+
+impl KernelVersion {
+    /// "v1" or "v2" (the values of `GAUSSSKIP_KERNELS`).
+    pub fn parse(text: &str) -> Option<KernelVersion> {
+        match text.trim() {
+            "v1" | "1" => Some(KernelVersion::V1),
+            "v2" | "2" => Some(KernelVersion::V2),
+            _ => None,
+        }
+    }
+}
+
 /// Split counts chosen by the caller instead of the CUDA launcher's rule (for measurements).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Splits {
@@ -33,4 +57,19 @@ pub struct LaunchTimes {
     pub blocks_per_sm: [u32; 2],
     /// Blocks / (multiprocessors x resident blocks): waves of each launch.
     pub waves: [f64; 2],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelVersion;
+
+    #[test]
+    fn kernel_versions_parse_from_their_names_and_default_to_v2() {
+        assert_eq!(KernelVersion::parse("v1"), Some(KernelVersion::V1));
+        assert_eq!(KernelVersion::parse(" v2\n"), Some(KernelVersion::V2));
+        assert_eq!(KernelVersion::parse("2"), Some(KernelVersion::V2));
+        assert_eq!(KernelVersion::parse("v3"), None);
+        assert_eq!(KernelVersion::parse(""), None);
+        assert_eq!(KernelVersion::default(), KernelVersion::V2);
+    }
 }

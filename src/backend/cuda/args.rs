@@ -94,8 +94,10 @@ pub(crate) struct GsArgs {
     pub residual_var: f64,
     pub from: GsLevel,
     pub to: [GsLevel; INLINE_LEVELS],
+    /// Version 2: 1 when the call's eigenvectors fit in L2 (launch 1 keeps them there).
+    pub keep_eigvecs: i64,
 }
-const _: () = assert!(std::mem::size_of::<GsArgs>() == 496);
+const _: () = assert!(std::mem::size_of::<GsArgs>() == 504);
 
 /// An operation's levels as the kernels take them: uniform ones inline, per-row ones and
 /// trajectories longer than [`INLINE_LEVELS`] in a table `[from rows][to rows or slabs]`.
@@ -309,6 +311,7 @@ pub(crate) fn build(
     dim: usize,
     rank: usize,
     slabs: usize,
+    keep_eigvecs: bool,
 ) -> GsArgs {
     let l = &g.layout;
     let at = |off: usize| p.scratch + off as u64;
@@ -358,6 +361,7 @@ pub(crate) fn build(
         residual_var: rows.residual_var,
         from: levels.from,
         to: levels.inline_to,
+        keep_eigvecs: keep_eigvecs as i64,
     }
 }
 

@@ -76,7 +76,7 @@ fn aligned(offset: usize) -> Result<usize> {
     offset.checked_next_multiple_of(ALIGN).ok_or_else(too_big)
 }
 
-/// The launcher's split rule: the fewest splits that give about four blocks per
+/// The version-1 split rule: the fewest splits that give about four blocks per
 /// multiprocessor over `tiles` tiles, each split a whole number of the `chunks` reduction
 /// chunks (kernels/NOTES.md: four 8 KB loads in flight per multiprocessor).
 pub(crate) fn split_rule(tiles: usize, chunks: usize, sms: usize) -> usize {
@@ -84,9 +84,59 @@ pub(crate) fn split_rule(tiles: usize, chunks: usize, sms: usize) -> usize {
     chunks.div_ceil(chunks.div_ceil(want)).max(1)
 }
 
+/// The version-2 split rule: with `slots` blocks resident on the whole device at once
+/// (multiprocessors x blocks per multiprocessor, from the occupancy API), the split count whose
+/// grid best fills its last wave (blocks / (waves x slots)), a hundredth of a wave's worth
+/// deducted per extra wave so that fewer splits win ties; never an empty split (a split is a
+/// whole number of the `chunks` reduction chunks). A launch that fills the device with its
+/// tiles alone does not split.
+pub(crate) fn wave_rule(tiles: usize, chunks: usize, slots: usize) -> usize {
+    let (tiles, slots) = (tiles.max(1), slots.max(1));
+    if tiles >= slots || chunks <= 1 {
+        return 1;
+    }
+    let mut best = (f64::MIN, 1);
+    for s in 1..=chunks.min(4 * slots.div_ceil(tiles)) {
+        let splits = chunks.div_ceil(chunks.div_ceil(s));
+        let blocks = tiles * splits;
+        let waves = blocks.div_ceil(slots);
+        let score = blocks as f64 / (waves * slots) as f64 - 0.01 * (waves - 1) as f64;
+        if score > best.0 + 1e-9 {
+            best = (score, splits);
+        }
+    }
+    best.1
+}
+
+/// How the launcher picks the split counts the caller left open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SplitRule {
+    /// Version 1 ([`split_rule`]) on this many multiprocessors.
+    PerSm(usize),
+    /// Version 2 ([`wave_rule`]): blocks resident on the device of launch 1 and launch 2, at
+    /// their shorter (index 0) and taller tile height.
+    Waves {
+        project: [usize; 2],
+        backproject: [usize; 2],
+    },
+}
+
+impl SplitRule {
+    /// Splits of a launch over `tiles` tiles and `chunks` chunks; `tall` picks the taller tile.
+    fn splits(self, project: bool, tall: bool, tiles: usize, chunks: usize) -> usize {
+        match self {
+            SplitRule::PerSm(sms) => split_rule(tiles, chunks, sms),
+            SplitRule::Waves {
+                project: p,
+                backproject: b,
+            } => wave_rule(tiles, chunks, if project { p } else { b }[tall as usize]),
+        }
+    }
+}
+
 impl Geometry {
-    /// Shapes for `batch` rows of a `dim`-dim, `rank`-mode model, `slabs` output slabs, on a
-    /// device with `sms` multiprocessors, and `table_bytes` of uploaded levels.
+    /// Shapes for `batch` rows of a `dim`-dim, `rank`-mode model, `slabs` output slabs, split
+    /// counts by `rule` where `splits` leaves them open, and `table_bytes` of uploaded levels.
     ///
     /// # Errors
     /// `InvalidArgument` when a grid or the scratch would exceed what one launch can address.
@@ -97,7 +147,7 @@ impl Geometry {
         batch: usize,
         slabs: usize,
         storage: EigvecStorage,
-        sms: usize,
+        rule: SplitRule,
         splits: Splits,
         table_bytes: usize,
     ) -> Result<Geometry> {
@@ -107,7 +157,7 @@ impl Geometry {
             &[batch],
             slabs,
             storage,
-            sms,
+            rule,
             splits,
             table_bytes,
         )
@@ -125,7 +175,7 @@ impl Geometry {
         counts: &[usize],
         slabs: usize,
         storage: EigvecStorage,
-        sms: usize,
+        rule: SplitRule,
         splits: Splits,
         table_bytes: usize,
     ) -> Result<Geometry> {
@@ -147,7 +197,7 @@ impl Geometry {
         let col_tiles = dim.div_ceil(BN);
         let blocks1 = mul(row_tiles1, mode_tiles)?;
         let blocks2 = mul(row_tiles2, col_tiles)?;
-        let pick = |forced: Option<usize>, tiles: usize, chunks: usize| -> Result<usize> {
+        let pick = |forced: Option<usize>, auto: usize| -> Result<usize> {
             match forced {
                 Some(0) => Err(Error::arg("splits", "a split count is at least 1")),
                 Some(s) if s > MAX_GRID_Z => Err(Error::arg(
@@ -155,11 +205,17 @@ impl Geometry {
                     format!("{s} splits exceed the grid limit of {MAX_GRID_Z}"),
                 )),
                 Some(s) => Ok(s),
-                None => Ok(split_rule(tiles, chunks, sms).min(MAX_GRID_Z)),
+                None => Ok(auto.min(MAX_GRID_Z)),
             }
         };
-        let splits1 = pick(splits.project, blocks1, dim.div_ceil(bk))?;
-        let splits2 = pick(splits.backproject, blocks2, rank.div_ceil(bk))?;
+        let splits1 = pick(
+            splits.project,
+            rule.splits(true, bm1 == 64, blocks1, dim.div_ceil(bk)),
+        )?;
+        let splits2 = pick(
+            splits.backproject,
+            rule.splits(false, bm2 == 128, blocks2, rank.div_ceil(bk)),
+        )?;
         if blocks1 > MAX_GRID_X || blocks2 > MAX_GRID_X {
             return Err(Error::arg(
                 "batch",
@@ -232,7 +288,7 @@ mod tests {
             batch,
             slabs,
             EigvecStorage::F16,
-            132,
+            SplitRule::PerSm(132),
             Splits::default(),
             0,
         )
@@ -249,6 +305,62 @@ mod tests {
         assert_eq!(split_rule(1, 5, 132), 5);
         // uneven chunks: 10 chunks, want 4 -> 3 per split -> 4 splits (the last one short)
         assert_eq!(split_rule(33, 10, 32), 4);
+    }
+
+    #[test]
+    fn wave_rule_fills_whole_waves_of_resident_blocks() {
+        // 132 SMs x 3 resident blocks = 396 slots. d = 12288 full rank, batch 1: 192 tiles,
+        // 192 chunks: 2 splits give 384 blocks, one wave 97 % full (3 would need 1.45 waves)
+        assert_eq!(wave_rule(192, 192, 396), 2);
+        // d = 3072: 48 tiles, 48 chunks: 8 splits = 384 blocks in one wave
+        assert_eq!(wave_rule(48, 48, 396), 8);
+        // 100 tiles, 10 chunks on 150 slots: 1 split fills 67 %, 3 splits 300 blocks = 2 full
+        // waves, more splits than chunks cannot help
+        assert_eq!(wave_rule(100, 10, 150), 3);
+        // tiles alone fill the device; a single chunk cannot split
+        assert_eq!(wave_rule(400, 192, 396), 1);
+        assert_eq!(wave_rule(10, 1, 396), 1);
+        // never an empty split: 10 chunks asked for 4 splits get 4 of 3 chunks (last short)
+        for (tiles, chunks, slots) in [(1, 10, 7), (3, 10, 20), (7, 33, 100), (5, 1000, 9)] {
+            let s = wave_rule(tiles, chunks, slots);
+            let per = chunks.div_ceil(s);
+            assert!(
+                s >= 1 && s <= chunks && (s - 1) * per < chunks,
+                "{tiles} {chunks} {slots}: {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_version_uses_its_own_rule_and_tile_heights_pick_the_slots() {
+        let waves = SplitRule::Waves {
+            project: [396, 264],
+            backproject: [396, 132],
+        };
+        let g = |rule, batch| {
+            Geometry::new(
+                12288,
+                12288,
+                batch,
+                1,
+                EigvecStorage::F16,
+                rule,
+                Splits::default(),
+                0,
+            )
+            .unwrap()
+        };
+        let v2 = g(waves, 1);
+        assert_eq!((v2.project.splits, v2.backproject.splits), (2, 2));
+        let v1 = g(SplitRule::PerSm(132), 1);
+        assert_eq!((v1.project.splits, v1.backproject.splits), (3, 3));
+        // batch 64: launch 1 uses BM 64 (264 slots), launch 2 BM 32 (396): 192 tiles in launch 1,
+        // 2 x 192 = 384 blocks over 264 slots is 1.45 waves; 4 splits fill 3 waves (97 %)
+        let v2 = g(waves, 64);
+        assert_eq!(v2.project.bm, 64);
+        assert_eq!(v2.project.splits, wave_rule(192, 192, 264));
+        assert_eq!(v2.project.splits, 4);
+        assert_eq!(v2.backproject.splits, wave_rule(2 * 192, 192, 396));
     }
 
     #[test]
@@ -282,7 +394,7 @@ mod tests {
             5,
             3,
             EigvecStorage::F16,
-            132,
+            SplitRule::PerSm(132),
             Splits::default(),
             40,
         )
@@ -313,14 +425,16 @@ mod tests {
             project: Some(7),
             backproject: Some(2),
         };
-        let g = Geometry::new(3072, 3072, 1, 1, EigvecStorage::F16, 132, forced, 0).unwrap();
+        let rule = SplitRule::PerSm(132);
+        let g = Geometry::new(3072, 3072, 1, 1, EigvecStorage::F16, rule, forced, 0).unwrap();
         assert_eq!((g.project.splits, g.backproject.splits), (7, 2));
         for bad in [Some(0), Some(65536)] {
             let s = Splits {
                 project: bad,
                 backproject: None,
             };
-            assert!(Geometry::new(64, 8, 1, 1, EigvecStorage::F32, 4, s, 0).is_err());
+            let rule = SplitRule::PerSm(4);
+            assert!(Geometry::new(64, 8, 1, 1, EigvecStorage::F32, rule, s, 0).is_err());
         }
     }
 
@@ -332,7 +446,7 @@ mod tests {
             usize::MAX / 2,
             3,
             EigvecStorage::F16,
-            132,
+            SplitRule::PerSm(132),
             Splits::default(),
             0,
         );

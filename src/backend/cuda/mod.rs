@@ -18,6 +18,8 @@
 //!   e.g. the warm-up of PyTorch's recipe, or `prepare`); per-row levels and trajectories of
 //!   more than [`INLINE_LEVELS`] levels upload a table per call and are refused under capture.
 //! - [`precision`] refuses calls whose rounding amplification breaks the precision contract.
+//! - Both kernel generations are loaded; `GAUSSSKIP_KERNELS=v1|v2` picks the one a new context
+//!   uses (default v2), [`CudaBackend::set_kernel_version`] changes it for later calls.
 
 mod args;
 mod driver;
@@ -30,7 +32,7 @@ mod precision;
 use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::sys;
@@ -41,13 +43,13 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::noise::Op;
 
-pub use crate::backend::{LaunchTimes, Splits};
+pub use crate::backend::{KernelVersion, LaunchTimes, Splits};
 pub use args::INLINE_LEVELS;
 pub use module::FATBIN_ORIGIN;
 
 use args::{GsLevel, LevelPlan, Pointers, Uniform};
 use driver::{capturing, check, Current};
-use geometry::Geometry;
+use geometry::{Geometry, SplitRule};
 use memory::{Device, DeviceModel, ModelCache};
 use module::{Kernels, Stage, THREADS};
 
@@ -61,9 +63,13 @@ pub(crate) struct CudaBackend {
     storage: EigvecStorage,
     ordinal: usize,
     sms: usize,
+    /// Bytes of L2 cache: version 2 keeps eigenvectors that fit well within it for launch 2.
+    l2_bytes: usize,
     name: String,
     splits: Splits,
     poison: AtomicBool,
+    /// The kernel generation of later calls (0: version 1, 1: version 2).
+    version: AtomicU8,
 }
 
 // SAFETY: the raw handles (module, functions, streams, pool) are driver objects usable from any
@@ -114,6 +120,15 @@ fn splits_from_env() -> Result<Splits> {
     })
 }
 
+/// The kernel generation from `GAUSSSKIP_KERNELS` ("v1" or "v2"; unset: v2).
+fn version_from_env() -> Result<KernelVersion> {
+    match std::env::var("GAUSSSKIP_KERNELS") {
+        Err(_) => Ok(KernelVersion::default()),
+        Ok(text) => KernelVersion::parse(&text)
+            .ok_or_else(|| Error::arg("GAUSSSKIP_KERNELS", format!("{text:?}: expected v1 or v2"))),
+    }
+}
+
 /// Device attribute `a` of `dev`.
 fn attribute(dev: sys::CUdevice, a: sys::CUdevice_attribute) -> Result<i32> {
     let mut v = 0;
@@ -131,7 +146,7 @@ impl CudaBackend {
     /// # Errors
     /// `NoCuda` when there is no driver, no such device or a device older than compute
     /// capability 8.0; `Cuda` when the module cannot be loaded; `InvalidArgument` for a
-    /// malformed `GAUSSSKIP_SPLITS`.
+    /// malformed `GAUSSSKIP_SPLITS` or `GAUSSSKIP_KERNELS`.
     pub(crate) fn new(ordinal: usize, storage: EigvecStorage) -> Result<CudaBackend> {
         // SAFETY: only tries to open the driver library.
         if !unsafe { sys::is_culib_present() } {
@@ -140,6 +155,7 @@ impl CudaBackend {
             ));
         }
         let splits = splits_from_env()?;
+        let version = version_from_env()?;
         let no_cuda = |what: &str| {
             let what = what.to_string();
             move |e: Error| Error::NoCuda(format!("{what}: {e}"))
@@ -181,6 +197,7 @@ impl CudaBackend {
             )));
         }
         let sms = attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
+        let l2_bytes = attribute(dev, A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
         let mut ctx: sys::CUcontext = ptr::null_mut();
         // SAFETY: retains the primary context; Device takes the retain over (or we release it).
         check(
@@ -212,10 +229,45 @@ impl CudaBackend {
             storage,
             ordinal,
             sms,
+            l2_bytes,
             name,
             splits,
             poison: AtomicBool::new(false),
+            version: AtomicU8::new(version as u8),
         })
+    }
+
+    /// The kernel generation later calls use.
+    pub(crate) fn kernel_version(&self) -> KernelVersion {
+        match self.version.load(Ordering::Relaxed) {
+            0 => KernelVersion::V1,
+            _ => KernelVersion::V2,
+        }
+    }
+
+    /// Makes later calls use kernel generation `v` (graphs captured before keep theirs).
+    pub(crate) fn set_kernel_version(&self, v: KernelVersion) {
+        self.version.store(v as u8, Ordering::Relaxed);
+    }
+
+    /// The split rule of `version` for rows of `dtype`: version 2 counts the resident blocks of
+    /// the very kernels the call will launch.
+    fn split_rule(&self, version: KernelVersion, dtype: Dtype) -> SplitRule {
+        match version {
+            KernelVersion::V1 => SplitRule::PerSm(self.sms),
+            KernelVersion::V2 => {
+                let slots = |stage: Stage| {
+                    stage.heights().map(|bm| {
+                        self.sms
+                            * self.kernels.get(version, stage, dtype, bm).blocks_per_sm as usize
+                    })
+                };
+                SplitRule::Waves {
+                    project: slots(Stage::Project),
+                    backproject: slots(Stage::Backproject),
+                }
+            }
+        }
     }
 
     /// The device's name.
@@ -277,19 +329,23 @@ impl CudaBackend {
         }
         self.device_model(model, false)?;
         let table = (batch + batch.max(slabs)) * std::mem::size_of::<GsLevel>();
-        let g = Geometry::new(
-            model.dim(),
-            model.rank(),
-            batch,
-            slabs,
-            self.storage,
-            self.sms,
-            self.splits,
-            table,
-        )?;
-        let p = self
-            .device
-            .alloc(g.layout.total, stream, "reserving scratch")?;
+        // The largest scratch any row type and the current version's rule may ask for.
+        let version = self.kernel_version();
+        let mut total = 0;
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let g = Geometry::new(
+                model.dim(),
+                model.rank(),
+                batch,
+                slabs,
+                self.storage,
+                self.split_rule(version, dtype),
+                self.splits,
+                table,
+            )?;
+            total = total.max(g.layout.total);
+        }
+        let p = self.device.alloc(total, stream, "reserving scratch")?;
         self.device.free(p, stream);
         Ok(())
     }
@@ -359,13 +415,14 @@ impl CudaBackend {
             ));
         }
         let table_bytes = std::mem::size_of_val(levels.table.as_slice());
+        let version = self.kernel_version();
         let geometry = Geometry::new(
             d,
             r,
             batch,
             slabs,
             self.storage,
-            self.sms,
+            self.split_rule(version, dtype),
             splits,
             table_bytes,
         )?;
@@ -373,6 +430,8 @@ impl CudaBackend {
         Ok(Call {
             dm,
             grouped: None,
+            version,
+            keep_eigvecs: self.keeps_in_l2(r, d),
             geometry,
             levels,
             residual_var: cond.residual_var,
@@ -384,6 +443,18 @@ impl CudaBackend {
             rank: r,
             slabs,
         })
+    }
+
+    /// Whether `rank` eigenvectors of `dim` entries fit well within L2 (70 % of it: the rest
+    /// holds x, q, partial tiles and other work), so that version 2's launch 1 keeps them there
+    /// for launch 2 (kernels/skip2.cuh).
+    fn keeps_in_l2(&self, rank: usize, dim: usize) -> bool {
+        let element = match self.storage {
+            EigvecStorage::F16 => 2,
+            EigvecStorage::F32 => 4,
+        };
+        let bytes = rank.saturating_mul(dim).saturating_mul(element);
+        bytes.saturating_mul(10) <= self.l2_bytes.saturating_mul(7)
     }
 
     /// Enqueues a planned call on `stream`: scratch, counters, levels, two launches, free.
@@ -455,6 +526,7 @@ impl CudaBackend {
                 call.dim,
                 call.rank,
                 call.slabs,
+                call.keep_eigvecs,
             );
             let mut params = [&mut args as *mut args::GsArgs as *mut c_void];
             let record = |i: usize| -> Result<()> {
@@ -475,10 +547,11 @@ impl CudaBackend {
                     "launching the back-projection",
                 ),
             ] {
-                let k = self.kernels.get(stage, call.dtype, launch.bm);
+                let k = self.kernels.get(call.version, stage, call.dtype, launch.bm);
                 // SAFETY: the kernel takes one GsArgs by value (copied at launch); every pointer
                 // in it is a checked caller buffer, the model's device copy, or this call's
-                // scratch laid out by Geometry for exactly these grids.
+                // scratch laid out by Geometry for exactly these grids; its dynamic shared
+                // memory is what it declares (allowed when the module loaded).
                 check(
                     sys::cuLaunchKernel(
                         k.func,
@@ -488,7 +561,7 @@ impl CudaBackend {
                         THREADS,
                         1,
                         1,
-                        0,
+                        k.smem,
                         stream,
                         params.as_mut_ptr(),
                         ptr::null_mut(),
@@ -592,16 +665,18 @@ impl CudaBackend {
         // geometry picks.
         let probe = args::GroupTables::new(&groups, entries.clone(), &residual, 32, 32, slabs);
         let table_bytes = std::mem::size_of_val(levels.table.as_slice()) + probe.offsets().total;
+        let version = self.kernel_version();
         let geometry = Geometry::grouped(
             d,
             rank,
             &used,
             slabs,
             self.storage,
-            self.sms,
+            self.split_rule(version, dtype),
             self.splits,
             table_bytes,
         )?;
+        let eigvec_rows: usize = parts.iter().map(|p| p.entry.rank as usize).sum();
         let tables = args::GroupTables::new(
             &groups,
             entries,
@@ -613,6 +688,8 @@ impl CudaBackend {
         let call = Call {
             dm: parts[0].clone(),
             grouped: Some((tables, parts)),
+            version,
+            keep_eigvecs: self.keeps_in_l2(eigvec_rows, d),
             geometry,
             levels,
             residual_var: 0.0,
@@ -760,7 +837,7 @@ impl CudaBackend {
             .into_iter()
             .enumerate()
             {
-                let k = self.kernels.get(stage, call.dtype, launch.bm);
+                let k = self.kernels.get(call.version, stage, call.dtype, launch.bm);
                 out.ms[i] = median(&mut t[i]);
                 out.blocks[i] = launch.blocks() as u32;
                 out.splits[i] = launch.splits as u32;
@@ -798,6 +875,10 @@ struct Call {
     /// Rows of several components: the tables (uploaded after the levels) and the device
     /// copies of the components they point to.
     grouped: Option<(args::GroupTables, Vec<Arc<DeviceModel>>)>,
+    /// The kernel generation, fixed when the call is planned.
+    version: KernelVersion,
+    /// Version 2: the eigenvectors fit in L2 (`GsArgs::keep_eigvecs`).
+    keep_eigvecs: bool,
     geometry: Geometry,
     levels: LevelPlan,
     residual_var: f64,

@@ -1,5 +1,6 @@
 //! The embedded kernels: loading the fatbin when a context is created (never lazily inside a
-//! call that may be captured), looking up the 24 entry points and their occupancy.
+//! call that may be captured), looking up the entry points of both kernel versions (24 each),
+//! version 2's dynamic shared memory, and their occupancy.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -7,6 +8,7 @@ use std::ptr;
 
 use cudarc::driver::sys;
 
+use crate::backend::KernelVersion;
 use crate::context::EigvecStorage;
 use crate::dtype::Dtype;
 use crate::error::Result;
@@ -40,18 +42,21 @@ impl Stage {
     }
 }
 
-/// One entry point and how many of its blocks fit on a multiprocessor.
+/// One entry point, its dynamic shared memory and how many of its blocks fit on a
+/// multiprocessor.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernel {
     pub func: sys::CUfunction,
     pub blocks_per_sm: u32,
+    /// Bytes of dynamic shared memory per block (version 2's pipeline stages; 0 for version 1).
+    pub smem: u32,
 }
 
 /// The loaded module of one context.
 pub(crate) struct Kernels {
     ctx: sys::CUcontext,
     module: sys::CUmodule,
-    table: HashMap<(Stage, Dtype, usize), Kernel>,
+    table: HashMap<(KernelVersion, Stage, Dtype, usize), Kernel>,
 }
 
 fn dtype_name(d: Dtype) -> &'static str {
@@ -62,8 +67,19 @@ fn dtype_name(d: Dtype) -> &'static str {
     }
 }
 
-/// `gs_{project,backproject}_<x dtype>x_<eigvec dtype>u_bm<rows>`.
-pub(crate) fn kernel_name(stage: Stage, x: Dtype, storage: EigvecStorage, bm: usize) -> String {
+/// `gs_{project,backproject}_<x dtype>x_<eigvec dtype>u_bm<rows>` (version 1), `gs2_...`
+/// (version 2).
+pub(crate) fn kernel_name(
+    version: KernelVersion,
+    stage: Stage,
+    x: Dtype,
+    storage: EigvecStorage,
+    bm: usize,
+) -> String {
+    let prefix = match version {
+        KernelVersion::V1 => "gs",
+        KernelVersion::V2 => "gs2",
+    };
     let launch = match stage {
         Stage::Project => "project",
         Stage::Backproject => "backproject",
@@ -72,7 +88,32 @@ pub(crate) fn kernel_name(stage: Stage, x: Dtype, storage: EigvecStorage, bm: us
         EigvecStorage::F16 => "f16",
         EigvecStorage::F32 => "f32",
     };
-    format!("gs_{launch}_{}x_{u}u_bm{bm}", dtype_name(x))
+    format!("{prefix}_{launch}_{}x_{u}u_bm{bm}", dtype_name(x))
+}
+
+/// Version 2's dynamic shared memory of kernel `name`: the module's constant `<name>_smem`.
+///
+/// # Safety
+/// `module` is loaded in the current context.
+unsafe fn dynamic_smem(module: sys::CUmodule, name: &str) -> Result<u32> {
+    let cname = CString::new(format!("{name}_smem")).expect("kernel names hold no NUL");
+    let mut ptr: sys::CUdeviceptr = 0;
+    let mut bytes = 0usize;
+    check(
+        sys::cuModuleGetGlobal_v2(&mut ptr, &mut bytes, module, cname.as_ptr()),
+        &format!("the shared-memory size of {name} is missing from the module"),
+    )?;
+    let mut v = 0u32;
+    if bytes != std::mem::size_of::<u32>() {
+        return Err(crate::error::Error::Cuda(format!(
+            "{name}_smem has {bytes} bytes, expected 4"
+        )));
+    }
+    check(
+        sys::cuMemcpyDtoH_v2(&mut v as *mut u32 as *mut c_void, ptr, 4),
+        &format!("reading the shared-memory size of {name}"),
+    )?;
+    Ok(v)
 }
 
 impl Kernels {
@@ -104,42 +145,66 @@ impl Kernels {
             module,
             table: HashMap::new(),
         };
-        for stage in [Stage::Project, Stage::Backproject] {
-            for x in [Dtype::F32, Dtype::F16, Dtype::BF16] {
-                for bm in stage.heights() {
-                    let name = kernel_name(stage, x, storage, bm);
-                    let cname = CString::new(name.clone()).expect("kernel names hold no NUL");
-                    let mut func: sys::CUfunction = ptr::null_mut();
-                    check(
-                        sys::cuModuleGetFunction(&mut func, module, cname.as_ptr()),
-                        &format!("kernel {name} is missing from the module"),
-                    )?;
-                    let mut blocks: i32 = 0;
-                    check(
-                        sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                            &mut blocks,
-                            func,
-                            THREADS as i32,
-                            0,
-                        ),
-                        &format!("reading the occupancy of {name}"),
-                    )?;
-                    kernels.table.insert(
-                        (stage, x, bm),
-                        Kernel {
-                            func,
-                            blocks_per_sm: blocks.max(1) as u32,
-                        },
-                    );
+        for version in [KernelVersion::V1, KernelVersion::V2] {
+            for stage in [Stage::Project, Stage::Backproject] {
+                for x in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                    for bm in stage.heights() {
+                        let name = kernel_name(version, stage, x, storage, bm);
+                        let kernel = Self::resolve(module, version, &name)?;
+                        kernels.table.insert((version, stage, x, bm), kernel);
+                    }
                 }
             }
         }
         Ok(kernels)
     }
 
-    /// The entry point of `stage` for rows of `x` and tile height `bm`.
-    pub fn get(&self, stage: Stage, x: Dtype, bm: usize) -> Kernel {
-        self.table[&(stage, x, bm)]
+    /// Looks up entry point `name`, allows it its dynamic shared memory (above 48 KB needs
+    /// the opt-in) and reads its occupancy with that memory.
+    ///
+    /// # Safety
+    /// `module` is loaded in the current context.
+    unsafe fn resolve(module: sys::CUmodule, version: KernelVersion, name: &str) -> Result<Kernel> {
+        let cname = CString::new(name).expect("kernel names hold no NUL");
+        let mut func: sys::CUfunction = ptr::null_mut();
+        check(
+            sys::cuModuleGetFunction(&mut func, module, cname.as_ptr()),
+            &format!("kernel {name} is missing from the module"),
+        )?;
+        let smem = match version {
+            KernelVersion::V1 => 0,
+            KernelVersion::V2 => dynamic_smem(module, name)?,
+        };
+        if smem > 0 {
+            check(
+                sys::cuFuncSetAttribute(
+                    func,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                ),
+                &format!("allowing {name} {smem} bytes of shared memory"),
+            )?;
+        }
+        let mut blocks: i32 = 0;
+        check(
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                &mut blocks,
+                func,
+                THREADS as i32,
+                smem as usize,
+            ),
+            &format!("reading the occupancy of {name}"),
+        )?;
+        Ok(Kernel {
+            func,
+            blocks_per_sm: blocks.max(1) as u32,
+            smem,
+        })
+    }
+
+    /// The entry point of `version` and `stage` for rows of `x` and tile height `bm`.
+    pub fn get(&self, version: KernelVersion, stage: Stage, x: Dtype, bm: usize) -> Kernel {
+        self.table[&(version, stage, x, bm)]
     }
 }
 
@@ -149,5 +214,46 @@ impl Drop for Kernels {
             // SAFETY: loaded in load(), unloaded once, with its context current.
             let _ = unsafe { sys::cuModuleUnload(self.module) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn the_embedded_fatbin_holds_every_entry_point_of_both_versions() {
+        // Symbol names are plain strings in the fatbin's ELF images: a stale fatbin (kernels
+        // renamed, version 2 missing) fails here instead of on the first GPU.
+        for version in [KernelVersion::V1, KernelVersion::V2] {
+            for storage in [EigvecStorage::F16, EigvecStorage::F32] {
+                for stage in [Stage::Project, Stage::Backproject] {
+                    for x in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                        for bm in stage.heights() {
+                            let name = kernel_name(version, stage, x, storage, bm);
+                            assert!(contains(FATBIN, &name), "{name} is not in the fatbin");
+                            if version == KernelVersion::V2 {
+                                let smem = format!("{name}_smem");
+                                assert!(contains(FATBIN, &smem), "{smem} is not in the fatbin");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            kernel_name(
+                KernelVersion::V2,
+                Stage::Backproject,
+                Dtype::BF16,
+                EigvecStorage::F16,
+                128
+            ),
+            "gs2_backproject_bf16x_f16u_bm128"
+        );
     }
 }
