@@ -10,7 +10,9 @@ package (`model.skip(x, 80, 19.4, out=out)`, one C call) and
 time of each, their ratio (below 1: ours is faster), our GB/s over the eigenvectors it must
 read twice, and our relative error against float64. Threads: the library uses one per core
 (RAYON_NUM_THREADS), NumPy its BLAS default (OPENBLAS_NUM_THREADS); leave both unset to
-compare the defaults. Run it on an otherwise idle machine.
+compare the defaults. Run it on an otherwise idle machine. Each timed round follows a pause
+and an untimed call of the same side (`--settle`): idle BLAS threads that still spin from the
+other side's call would otherwise be timed as ours, and ours as NumPy's.
 
 On a shared machine, wall times swing with the other processes and penalise whichever side
 waits for a descheduled thread. `--cpu-time` times the process's CPU time instead, a steadier
@@ -58,9 +60,20 @@ def best_of(f, calls, rounds, clock):
     return best
 
 
+def settled(f, calls, clock, pause):
+    """One timed round of `f` after a pause and an untimed call: OpenBLAS's threads spin for
+    a while after each call (rayon's briefly), and on a machine with as many cores as threads
+    they would slow down the other side's next call (by 1.5-2x at these sizes)."""
+    time.sleep(pause)
+    f()
+    return best_of(f, calls, 1, clock)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="timing rounds per side (best counts)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of pause before each timed round (idle threads stop spinning)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time CPU seconds, not wall seconds (one thread on each side)")
     args = ap.parse_args()
@@ -86,8 +99,8 @@ def main():
             calls = max(1, min(50, int(2e8 / (batch * d * r + 1))))
             t_ours, t_np = float("inf"), float("inf")
             for _ in range(args.repeat):  # alternate, so both see the same machine
-                t_ours = min(t_ours, best_of(ours, calls, 1, clock))
-                t_np = min(t_np, best_of(theirs, calls, 1, clock))
+                t_ours = min(t_ours, settled(ours, calls, clock, args.settle))
+                t_np = min(t_np, settled(theirs, calls, clock, args.settle))
             ref = numpy_skip(x.astype(np.float64), mu.astype(np.float64), u.astype(np.float64),
                              ut.astype(np.float64), lam, SIGMA_FROM, SIGMA_TO)
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
