@@ -342,7 +342,7 @@ fn cancellation_factor_and_ill_conditioned_refusal() {
     assert!(out.iter().all(|v| v.is_nan()));
 }
 
-/// A model large enough for the CPU's small-batch kernels (rank x dim of 2^20 and more; both
+/// A model large enough for the CPU's small-batch kernels (rank x dim of 2^16 and more; both
 /// products in one pass over the eigenvectors): every batch they take and one more (the GEMM
 /// path), per-row levels, trajectories of one to three levels (up to 8 output rows, and
 /// past), f32 and f16 I/O, and an inversion that runs in f64: every output slab within the
