@@ -4,8 +4,9 @@
 //! Two matrix products per call whatever the number of output slabs: P = Y E^T
 //! (`rows x rank`), then all slabs at once, [P .* W_0; P .* W_1; ...] E (`slabs*rows x dim`),
 //! followed by the element-wise epilogue a mean + b y. Each product is split along the
-//! eigenvectors (blocks of modes, then blocks of columns) into a few sequential faer GEMMs
-//! per pool thread, so the eigenvectors are read once per product whatever the batch; a few
+//! eigenvectors (blocks of modes, then blocks of columns) into a few sequential GEMMs per
+//! pool thread (in f32 the AVX2/FMA kernels of `cpu_gemm`; in f64, or on a CPU without
+//! them, faer's), so the eigenvectors are read once per product whatever the batch; a few
 //! f32 rows of a large model go to the kernels of `cpu_small` instead, which compute both
 //! products in one pass over the eigenvectors.
 //!
@@ -25,7 +26,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::cpu_small;
+use super::{cpu_gemm, cpu_small};
 use crate::dtype::{Dtype, Element};
 use crate::error::{try_vec, Error, Result};
 use crate::model::Model;
@@ -199,7 +200,7 @@ impl<'a, F: Real> Projected<'a, F> {
         let mut p = try_vec(rows * r, zero, "the projections")?;
         let fused = project_fused(model, plan, eigvecs.get(), &y, &mut p, par)?;
         if fused.is_none() {
-            project(eigvecs.get(), d, &y, rows, &mut p, par);
+            project(eigvecs.get(), d, &y, rows, &mut p, par)?;
         }
 
         // Weigh the projections of every slab, and estimate each output row's rounding.
@@ -290,7 +291,7 @@ impl<'a, F: Real> Projected<'a, F> {
             // f32 in, f32 out: the product writes the caller's buffer (check_range bounded it).
             match fused {
                 Some(product) => direct.copy_from_slice(product),
-                None => back_project(e, d, q, nslab * rows, direct, self.par),
+                None => back_project(e, d, q, nslab * rows, direct, self.par)?,
             }
             if split(self.par, n_out) {
                 direct
@@ -308,7 +309,7 @@ impl<'a, F: Real> Projected<'a, F> {
         let mut tmp = try_vec(n_out, F::from_f64(0.0), "the output")?;
         match fused {
             Some(product) => tmp.copy_from_slice(product),
-            None => back_project(e, d, q, nslab * rows, &mut tmp, self.par),
+            None => back_project(e, d, q, nslab * rows, &mut tmp, self.par)?,
         }
         // Finish every row and check it fits T before the first element of `out` is written.
         let limit = max_finite(T::DTYPE);
@@ -443,9 +444,14 @@ fn project_fused<F: Real>(
     Ok(Some(acc))
 }
 
-/// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`), by blocks of
-/// modes.
-fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) {
+/// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`): by the kernels
+/// of `cpu_gemm` in f32 where the CPU has them, otherwise by faer GEMMs on blocks of modes.
+fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) -> Result<()> {
+    if cpu_gemm::available() {
+        if let (Some(e), Some(y), Some(p)) = (same(e), same(y), same_mut(p)) {
+            return cpu_gemm::project(e, d, y, rows, p, par);
+        }
+    }
     let r = e.len() / d;
     let em = MatRef::from_row_major_slice(e, r, d);
     let ym = MatRef::from_row_major_slice(y, rows, d);
@@ -461,11 +467,24 @@ fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: P
             Par::Seq,
         );
     });
+    Ok(())
 }
 
-/// `out = q e` (`rows x d`) for row-major `q` (`rows x r`): as [`project`], by blocks of
-/// columns.
-fn back_project<F: Real>(e: &[F], d: usize, q: &[F], rows: usize, out: &mut [F], par: Par) {
+/// `out = q e` (`rows x d`) for row-major `q` (`rows x r`): as [`project`], faer GEMMs on
+/// blocks of columns.
+fn back_project<F: Real>(
+    e: &[F],
+    d: usize,
+    q: &[F],
+    rows: usize,
+    out: &mut [F],
+    par: Par,
+) -> Result<()> {
+    if cpu_gemm::available() {
+        if let (Some(e), Some(q), Some(out)) = (same(e), same(q), same_mut(out)) {
+            return cpu_gemm::back_project(e, d, q, rows, out, par);
+        }
+    }
     let r = e.len() / d;
     let em = MatRef::from_row_major_slice(e, r, d);
     let qm = MatRef::from_row_major_slice(q, rows, r);
@@ -474,6 +493,7 @@ fn back_project<F: Real>(e: &[F], d: usize, q: &[F], rows: usize, out: &mut [F],
         let cols = em.subcols(i0, dst.ncols());
         matmul(dst, Accum::Replace, qm, cols, F::from_f64(1.0), Par::Seq);
     });
+    Ok(())
 }
 
 /// Narrowest block of modes (projection) or columns (back-projection) of one parallel task:
@@ -564,8 +584,8 @@ mod tests {
         let q = normals::<F>(&mut rng, rows * r);
         let mut p = vec![F::from_f64(f64::NAN); rows * r];
         let mut out = vec![F::from_f64(f64::NAN); rows * d];
-        project(&e, d, &y, rows, &mut p, par);
-        back_project(&e, d, &q, rows, &mut out, par);
+        project(&e, d, &y, rows, &mut p, par).unwrap();
+        back_project(&e, d, &q, rows, &mut out, par).unwrap();
         let unit = F::epsilon_impl().to_f64();
         let close = |got: F, terms: &mut dyn Iterator<Item = (F, F)>, n: usize, what: &str| {
             let (mut want, mut size) = (0f64, 0f64);
@@ -608,6 +628,46 @@ mod tests {
                         check_products::<f64>(d, r, rows, par, 2);
                     });
                 }
+            }
+        }
+    }
+
+    /// Shapes that cross the block boundaries of the f32 kernels (`cpu_gemm`): several blocks
+    /// of dim (projection) and of modes (back-projection), more rows than one chunk of row
+    /// panels, ragged last strips and panels, and an output large enough to be taken a strip
+    /// at a time; then the same bits whatever the number of threads.
+    #[test]
+    fn large_products_match_f64_sums_and_do_not_depend_on_threads() {
+        let shapes = [
+            (1100, 40, 9),
+            (2100, 7, 5),
+            (300, 600, 13),
+            (515, 300, 100),
+            (600, 70, 130),
+        ];
+        for (d, r, rows) in shapes {
+            for par in pars() {
+                crate::pool::install(|| check_products::<f32>(d, r, rows, par, 3));
+            }
+            let mut rng = Rng::new(4);
+            let e = normals::<f32>(&mut rng, r * d);
+            let y = normals::<f32>(&mut rng, rows * d);
+            let q = normals::<f32>(&mut rng, rows * r);
+            let run = |par: Par| {
+                let mut p = vec![0f32; rows * r];
+                let mut out = vec![0f32; rows * d];
+                crate::pool::install(|| {
+                    project(&e, d, &y, rows, &mut p, par).unwrap();
+                    back_project(&e, d, &q, rows, &mut out, par).unwrap();
+                });
+                (p, out)
+            };
+            let serial = run(Par::Seq);
+            for threads in [2, 3, 7] {
+                assert!(
+                    run(Par::rayon(threads)) == serial,
+                    "d {d} r {r} rows {rows} {threads} threads"
+                );
             }
         }
     }

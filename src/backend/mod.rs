@@ -5,6 +5,7 @@
 //! found at run time.
 
 pub mod cpu;
+mod cpu_gemm;
 mod cpu_small;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -1,0 +1,495 @@
+//! The two f32 matrix products of the CPU path, with AVX2/FMA register-blocked kernels.
+//!
+//! - Projection `p = y e^T` (`rows x r`): both operands run along `dim`, so each kernel call
+//!   forms a 4 x 3 block of dot products, eight lanes of `dim` at a time, from four rows of y
+//!   and three rows of eigenvectors read in place (no copy of the eigenvectors).
+//! - Back-projection `out = q e` (`rows x d`): a 6 x 16 block of outputs per kernel call,
+//!   from a broadcast of q and two 8-lane loads of a row of eigenvectors per mode.
+//!
+//! Both run along their inner dimension in blocks (`KP`, `KC`), so that what a kernel call
+//! reads most stays in the first-level cache (four rows of y, or a `KC x 16` panel of
+//! eigenvectors) and what it streams in the second (a chunk of eigenvector rows, or a chunk
+//! of rows of q), and each kernel call is long enough to pay for its start and end. The rows
+//! of y and q are copied once per call into that blocked layout, padded with zeros to whole
+//! kernel blocks; the panels of eigenvectors of the back-projection are copied as they are
+//! used (row k of a panel is 16 contiguous floats, not a 64-byte piece of a row `d` floats
+//! long: at `d` a multiple of 1024 every such piece of a block would fall in the same cache
+//! set). The blocks are cut as evenly as whole 8-lane steps allow.
+//!
+//! Threads take blocks of modes (projection) or of columns (back-projection); each output
+//! element is summed by one thread, in the same order whatever the number of threads, so
+//! results do not depend on it.
+
+use faer::Par;
+use rayon::prelude::*;
+
+use crate::error::{try_vec, Result};
+
+/// Longest block of the inner dimension: of the back-projection (a `KC x 16` panel of
+/// eigenvectors is 16 KB), of the projection (four rows of y are 16 KB).
+const KC: usize = 256;
+const KP: usize = 1024;
+
+/// Row panels of q taken together over a strip of eigenvectors: their `KC` steps (96 KB)
+/// stay in the second-level cache while the panels of the strip pass over them.
+const MP: usize = 16;
+
+/// Largest output of a back-projection job (bytes) taken whole for each block of modes:
+/// larger ones are taken a strip at a time, which reads the eigenvectors in shorter pieces.
+const JOB_OUTPUT_CACHED: usize = 256 << 10;
+
+/// Columns of eigenvectors copied into panels at a time (each row read 512 bytes at once).
+const NB: usize = 8 * BC;
+
+/// The length of the blocks of `0..n` (at most `max`, a multiple of 8): as even as whole
+/// 8-lane steps allow, so that no block is much shorter than the others.
+fn block_len(n: usize, max: usize) -> usize {
+    n.div_ceil(n.div_ceil(max)).next_multiple_of(8)
+}
+
+/// Modes of the projection taken together over every row of y: their `KP` columns (144 KB)
+/// stay in the second-level cache while four rows of y at a time pass over them.
+const PCHUNK: usize = 36;
+
+/// Projection kernel: rows of y by rows of eigenvectors.
+const PY: usize = 4;
+const PE: usize = 3;
+
+/// Back-projection kernel: rows of q by columns of the output.
+const BR: usize = 6;
+const BC: usize = 16;
+
+/// Blocks per pool thread (see `cpu::BLOCKS_PER_THREAD`).
+const BLOCKS_PER_THREAD: usize = 4;
+
+/// Floats of slack for a buffer to start on a 64-byte boundary: a 32-byte load that crosses
+/// a cache line costs two (allocations of this size start 16 bytes past a page).
+const ALIGN: usize = 16;
+
+/// The `len` floats of `buf` from its first 64-byte boundary.
+fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
+    let start = buf.as_ptr().align_offset(64).min(ALIGN);
+    &mut buf[start..start + len]
+}
+
+/// True when this CPU has the instructions of the kernels.
+pub(crate) fn available() -> bool {
+    super::cpu_small::available()
+}
+
+/// Splits `0..n` into ranges of a multiple of `unit` (at least `min`), about
+/// `BLOCKS_PER_THREAD` per thread of `par`; the last range takes the rest.
+fn ranges(n: usize, unit: usize, min: usize, par: Par) -> Vec<std::ops::Range<usize>> {
+    let blocks = match par {
+        Par::Seq => 1,
+        Par::Rayon(t) => t.get() * BLOCKS_PER_THREAD,
+    };
+    let width = n.div_ceil(blocks).max(min).next_multiple_of(unit);
+    (0..n.div_ceil(width))
+        .map(|b| b * width..((b + 1) * width).min(n))
+        .collect()
+}
+
+/// Runs `job` on every range and its index, on the pool under `par`.
+fn each(
+    ranges: Vec<std::ops::Range<usize>>,
+    par: Par,
+    job: impl Fn((usize, std::ops::Range<usize>)) + Sync + Send,
+) {
+    if par != Par::Seq && ranges.len() > 1 {
+        ranges.into_par_iter().enumerate().for_each(job);
+    } else {
+        ranges.into_iter().enumerate().for_each(job);
+    }
+}
+
+/// An output shared by the threads, each writing elements no other thread writes.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: the jobs that hold copies write disjoint elements (disjoint modes or columns) and
+// the call waits for all of them before the output is used again.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The element at `offset` (a method, so that closures capture the whole `Shared`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `p = y e^T` for row-major `e` (`r x d`), `y` (`rows x d`) and `p` (`rows x r`).
+///
+/// # Errors
+/// `OutOfMemory` when the blocked copy of y cannot be allocated (`p` untouched).
+///
+/// # Panics
+/// When the sizes do not agree or [`available`] is false.
+pub(crate) fn project(
+    e: &[f32],
+    d: usize,
+    y: &[f32],
+    rows: usize,
+    p: &mut [f32],
+    par: Par,
+) -> Result<()> {
+    assert!(available() && d > 0 && e.len() % d == 0);
+    let r = e.len() / d;
+    assert!(y.len() == rows * d && p.len() == rows * r);
+    let padded = rows.next_multiple_of(PY);
+    let kb = block_len(d, KP);
+    let nblocks = d.div_ceil(kb);
+    // Block c of y: `padded` rows of KP floats, columns c*KP.. of y, zeros past the end.
+    let mut yb = try_vec(nblocks * padded * KP + ALIGN, 0f32, "the blocked rows")?;
+    let yb = aligned(&mut yb, nblocks * padded * KP);
+    for (c, block) in yb.chunks_mut(padded * KP).enumerate() {
+        let cols = c * kb..((c + 1) * kb).min(d);
+        for (i, dst) in block.chunks_mut(KP).take(rows).enumerate() {
+            dst[..cols.len()].copy_from_slice(&y[i * d + cols.start..i * d + cols.end]);
+        }
+    }
+    let out = Shared(p.as_mut_ptr());
+    let job = |(_, modes): (usize, std::ops::Range<usize>)| {
+        for c in 0..nblocks {
+            let (k0, kc) = (c * kb, kb.min(d - c * kb));
+            let block = &yb[c * padded * KP..(c + 1) * padded * KP];
+            for chunk in modes.clone().step_by(PCHUNK) {
+                let chunk = chunk..(chunk + PCHUNK).min(modes.end);
+                for i0 in (0..rows).step_by(PY) {
+                    let ys = &block[i0 * KP..(i0 + PY) * KP];
+                    let mut m = chunk.start;
+                    while m < chunk.end {
+                        let ne = PE.min(chunk.end - m);
+                        let rows_e = [m, (m + 1).min(m + ne - 1), (m + 2).min(m + ne - 1)];
+                        // SAFETY: available() was asserted; each eigenvector row holds
+                        // k0 + kc elements, each of the PY rows of `ys` KP >= kc (zeros past kc).
+                        let sums = unsafe { dot_block(e, d, rows_e, k0, kc, ys) };
+                        for (di, row) in sums.iter().enumerate().take(rows - i0) {
+                            for (dj, &v) in row.iter().enumerate().take(ne) {
+                                // SAFETY: row i0 + di < rows, mode m + dj < modes.end <= r;
+                                // this job alone writes the modes of its range.
+                                unsafe {
+                                    let at = out.at((i0 + di) * r + m + dj);
+                                    *at = if c == 0 { v } else { *at + v };
+                                }
+                            }
+                        }
+                        m += ne;
+                    }
+                }
+            }
+        }
+    };
+    each(ranges(r, PE * 8, PE * 8, par), par, job);
+    Ok(())
+}
+
+/// `out = q e` for row-major `e` (`r x d`), `q` (`rows x r`) and `out` (`rows x d`).
+///
+/// # Errors
+/// `OutOfMemory` when the blocked copy of q cannot be allocated (`out` untouched).
+///
+/// # Panics
+/// When the sizes do not agree or [`available`] is false.
+pub(crate) fn back_project(
+    e: &[f32],
+    d: usize,
+    q: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    par: Par,
+) -> Result<()> {
+    assert!(available() && d > 0 && e.len() % d == 0);
+    let r = e.len() / d;
+    assert!(q.len() == rows * r && out.len() == rows * d);
+    let panels = rows.div_ceil(BR);
+    let kb = block_len(r, KC);
+    let nblocks = r.div_ceil(kb);
+    // Block c, panel t of q: kb steps of BR values, q[t*BR + i][c*kb + k] at k*BR + i.
+    let mut qb = try_vec(
+        nblocks * panels * kb * BR + ALIGN,
+        0f32,
+        "the blocked weights",
+    )?;
+    let qb = aligned(&mut qb, nblocks * panels * kb * BR);
+    for (c, block) in qb.chunks_mut(panels * kb * BR).enumerate() {
+        let kc = kb.min(r - c * kb);
+        for (t, panel) in block.chunks_mut(kb * BR).enumerate() {
+            for i in 0..BR.min(rows - t * BR) {
+                let src = &q[(t * BR + i) * r + c * kb..][..kc];
+                for (k, &v) in src.iter().enumerate() {
+                    panel[k * BR + i] = v;
+                }
+            }
+        }
+    }
+    let ranges = ranges(d, BC, 8 * BC, par);
+    let strip = kb * NB;
+    let mut scratch = try_vec(ranges.len() * strip + ALIGN, 0f32, "the eigenvector panels")?;
+    let scratch = Shared(aligned(&mut scratch, ranges.len() * strip).as_mut_ptr());
+    let dst = Shared(out.as_mut_ptr());
+    let job = |(index, cols): (usize, std::ops::Range<usize>)| {
+        // SAFETY: job `index` alone uses strip `index` of the scratch.
+        let panels_e = unsafe { std::slice::from_raw_parts_mut(scratch.at(index * strip), strip) };
+        // Block c of modes on the strip of columns s0..: every output row of the strip.
+        let mut step = |s0: usize, c: usize| {
+            let sw = NB.min(cols.end - s0);
+            let (k0, kc) = (c * kb, kb.min(r - c * kb));
+            let block = &qb[c * panels * kb * BR..(c + 1) * panels * kb * BR];
+            // SAFETY: available() was asserted; rows k0..k0 + kc of `e` hold columns
+            // s0..s0 + sw, and the strip sw.div_ceil(BC) panels of kb >= kc steps.
+            unsafe { pack_strip(e, d, k0..k0 + kc, s0, sw, kb, panels_e) };
+            for t0 in (0..panels).step_by(MP) {
+                for (j, j0) in (s0..s0 + sw).step_by(BC).enumerate() {
+                    let w = BC.min(s0 + sw - j0);
+                    let panel = &panels_e[j * kb * BC..(j + 1) * kb * BC];
+                    for t in t0..(t0 + MP).min(panels) {
+                        let qs = &block[t * kb * BR..(t + 1) * kb * BR];
+                        // SAFETY: available() was asserted; `qs` and `panel` hold kc steps;
+                        // rows t*BR.. (at most `rows`) and columns j0..j0 + w of `out` exist
+                        // (j0 + w <= cols.end <= d); this job alone writes its columns.
+                        unsafe {
+                            let sums = axpy_block(qs, panel, kc);
+                            let at = dst.at(t * BR * d + j0);
+                            store_tile(&sums, at, d, BR.min(rows - t * BR), w, c == 0);
+                        }
+                    }
+                }
+            }
+        };
+        // Each block of modes adds to the job's whole output: where that output would not
+        // stay in the cache from one block to the next, finish each strip before the next.
+        if rows * cols.len() * 4 > JOB_OUTPUT_CACHED {
+            for s0 in cols.clone().step_by(NB) {
+                (0..nblocks).for_each(|c| step(s0, c));
+            }
+        } else {
+            for c in 0..nblocks {
+                cols.clone().step_by(NB).for_each(|s0| step(s0, c));
+            }
+        }
+    };
+    each(ranges, par, job);
+    Ok(())
+}
+
+/// Writes (`first`) or adds `sums` to the `h x w` tile of a row-major matrix of row length
+/// `d` that starts at `at`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_tile(
+    sums: &[[f32; BC]; BR],
+    at: *mut f32,
+    d: usize,
+    h: usize,
+    w: usize,
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    for (i, row) in sums.iter().enumerate().take(h) {
+        let to = at.add(i * d);
+        if w == BC {
+            let (mut v0, mut v1) = (
+                _mm256_loadu_ps(row.as_ptr()),
+                _mm256_loadu_ps(row.as_ptr().add(8)),
+            );
+            if !first {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(to));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(to.add(8)));
+            }
+            _mm256_storeu_ps(to, v0);
+            _mm256_storeu_ps(to.add(8), v1);
+        } else {
+            for (j, &v) in row.iter().enumerate().take(w) {
+                *to.add(j) = if first { v } else { *to.add(j) + v };
+            }
+        }
+    }
+}
+
+/// Copies columns `s0..s0 + sw` of eigenvector rows `ks` into panels of `BC` columns:
+/// panel j holds `kb` steps of BC floats, step k = e[ks.start + k][s0 + j*BC..], with zeros
+/// past column `sw`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_strip(
+    e: &[f32],
+    d: usize,
+    ks: std::ops::Range<usize>,
+    s0: usize,
+    sw: usize,
+    kb: usize,
+    panels: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(ks.end * d <= e.len() && s0 + sw <= d && sw.div_ceil(BC) * kb * BC <= panels.len());
+    let whole = sw / BC;
+    for (k, row) in ks.clone().enumerate() {
+        let src = e.as_ptr().add(row * d + s0);
+        let dst = panels.as_mut_ptr().add(k * BC);
+        for j in 0..whole {
+            let (from, to) = (src.add(j * BC), dst.add(j * kb * BC));
+            _mm256_storeu_ps(to, _mm256_loadu_ps(from));
+            _mm256_storeu_ps(to.add(8), _mm256_loadu_ps(from.add(8)));
+        }
+        if whole * BC < sw {
+            let to = dst.add(whole * kb * BC);
+            for j in 0..BC {
+                let col = whole * BC + j;
+                *to.add(j) = if col < sw { *src.add(col) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// The dot products of `PY` rows of `ys` (each KP long, zeros past `kc`) with eigenvector
+/// rows `rows_e` over columns `k0..k0 + kc`: `sums[i][j] = Σ_k ys[i][k] e[rows_e[j]][k0 + k]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // indices over register arrays, unrolled
+unsafe fn dot_block(
+    e: &[f32],
+    d: usize,
+    rows_e: [usize; PE],
+    k0: usize,
+    kc: usize,
+    ys: &[f32],
+) -> [[f32; PE]; PY] {
+    use std::arch::x86_64::*;
+    debug_assert!(ys.len() == PY * KP && kc <= KP);
+    let mut ep = [e.as_ptr(); PE];
+    for (p, &m) in ep.iter_mut().zip(&rows_e) {
+        debug_assert!(m * d + k0 + kc <= e.len());
+        *p = e.as_ptr().add(m * d + k0);
+    }
+    let yp = ys.as_ptr();
+    let mut acc = [[_mm256_setzero_ps(); PE]; PY];
+    let full = kc - kc % 8;
+    let step = |acc: &mut [[__m256; PE]; PY], k: usize| {
+        let mut ev = [_mm256_setzero_ps(); PE];
+        for j in 0..PE {
+            ev[j] = _mm256_loadu_ps(ep[j].add(k));
+        }
+        for i in 0..PY {
+            let yv = _mm256_loadu_ps(yp.add(i * KP + k));
+            for j in 0..PE {
+                acc[i][j] = _mm256_fmadd_ps(yv, ev[j], acc[i][j]);
+            }
+        }
+    };
+    let mut k = 0;
+    while k + 16 <= full {
+        step(&mut acc, k);
+        step(&mut acc, k + 8);
+        k += 16;
+    }
+    if k < full {
+        step(&mut acc, k);
+    }
+    if full < kc {
+        // The last partial step: masked loads of the eigenvectors (y is zero past kc).
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((kc - full) as i32), lanes);
+        let mut ev = [_mm256_setzero_ps(); PE];
+        for j in 0..PE {
+            ev[j] = _mm256_maskload_ps(ep[j].add(full), mask);
+        }
+        for i in 0..PY {
+            let yv = _mm256_loadu_ps(yp.add(i * KP + full));
+            for j in 0..PE {
+                acc[i][j] = _mm256_fmadd_ps(yv, ev[j], acc[i][j]);
+            }
+        }
+    }
+    let mut sums = [[0f32; PE]; PY];
+    for i in 0..PY {
+        for j in 0..PE {
+            sums[i][j] = hsum(acc[i][j]);
+        }
+    }
+    sums
+}
+
+/// The sum of the eight lanes, in a fixed order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// `sums[i][j] = Σ_k qs[k * BR + i] panel[k * BC + j]` over `kc` steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_block(qs: &[f32], panel: &[f32], kc: usize) -> [[f32; BC]; BR] {
+    use std::arch::x86_64::*;
+    debug_assert!(qs.len() >= kc * BR && panel.len() >= kc * BC);
+    let (qp, bp) = (qs.as_ptr(), panel.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; BR];
+    let step = |acc: &mut [[__m256; 2]; BR], k: usize| {
+        let b0 = _mm256_loadu_ps(bp.add(k * BC));
+        let b1 = _mm256_loadu_ps(bp.add(k * BC + 8));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let qv = _mm256_broadcast_ss(&*qp.add(k * BR + i));
+            a[0] = _mm256_fmadd_ps(qv, b0, a[0]);
+            a[1] = _mm256_fmadd_ps(qv, b1, a[1]);
+        }
+    };
+    let mut k = 0;
+    while k + 4 <= kc {
+        step(&mut acc, k);
+        step(&mut acc, k + 1);
+        step(&mut acc, k + 2);
+        step(&mut acc, k + 3);
+        k += 4;
+    }
+    while k < kc {
+        step(&mut acc, k);
+        k += 1;
+    }
+    let mut sums = [[0f32; BC]; BR];
+    for (s, a) in sums.iter_mut().zip(&acc) {
+        _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
+        _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
+    }
+    sums
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_block(
+    _: &[f32],
+    _: usize,
+    _: [usize; PE],
+    _: usize,
+    _: usize,
+    _: &[f32],
+) -> [[f32; PE]; PY] {
+    unreachable!("available() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_strip(
+    _: &[f32],
+    _: usize,
+    _: std::ops::Range<usize>,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &mut [f32],
+) {
+    unreachable!("available() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn store_tile(_: &[[f32; BC]; BR], _: *mut f32, _: usize, _: usize, _: usize, _: bool) {
+    unreachable!("available() is false off x86_64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn axpy_block(_: &[f32], _: &[f32], _: usize) -> [[f32; BC]; BR] {
+    unreachable!("available() is false off x86_64")
+}
