@@ -157,8 +157,18 @@ def _check_numpy_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype) -> None:
 # ---- PyTorch --------------------------------------------------------------------------
 
 
+_torch_code_table: Optional[dict] = None
+
+
 def _torch_codes(torch: Any) -> dict:
-    return {torch.float32: _lib.GS_DTYPE_F32, torch.float16: _lib.GS_DTYPE_F16, torch.bfloat16: _lib.GS_DTYPE_BF16}
+    global _torch_code_table
+    if _torch_code_table is None:
+        _torch_code_table = {
+            torch.float32: _lib.GS_DTYPE_F32,
+            torch.float16: _lib.GS_DTYPE_F16,
+            torch.bfloat16: _lib.GS_DTYPE_BF16,
+        }
+    return _torch_code_table
 
 
 def _memory_format(torch: Any, x: Any) -> Any:
@@ -183,6 +193,36 @@ def run_torch(call: Call, dim: int, x: Any, out: Any, slabs: int, trajectory: bo
     import torch
 
     codes = _torch_codes(torch)
+    # The common CPU call first, as for NumPy: a contiguous tensor in a library dtype, without
+    # out= or with a contiguous out= of the same dtype apart from x. Other cases (and every
+    # error) take the general path below.
+    code = codes.get(x.dtype)
+    if code is not None and not x.is_cuda and x.device.type == "cpu" and x.is_contiguous():
+        batch = batch_of(x.shape, dim)
+        shape = (slabs, *x.shape) if trajectory else tuple(x.shape)
+        if out is None:
+            dst = torch.empty(shape, dtype=x.dtype, device=x.device)
+        elif (
+            type(out) is torch.Tensor
+            and out.dtype == x.dtype
+            and out.shape == shape
+            and not out.is_cuda
+            and out.device.type == "cpu"
+            and out.is_contiguous()
+            and not _overlaps(x, out)
+        ):
+            dst = out
+        else:
+            dst = None
+        if dst is not None:
+            status = call(context(_lib.GS_DEVICE_CPU).handle, code, x.data_ptr(), dst.data_ptr(), batch, None)
+            if status:
+                _lib.check(status)
+            return dst
+    return _run_torch_general(torch, codes, call, dim, x, out, slabs, trajectory)
+
+
+def _run_torch_general(torch: Any, codes: dict, call: Call, dim: int, x: Any, out: Any, slabs: int, trajectory: bool) -> Any:
     x = x.detach()
     orig = x.dtype
     if orig == torch.float64:

@@ -486,10 +486,11 @@ class Model:
         """
         lf, lt = _call_levels(frm, "from"), _call_levels(to, "to")
         lib = _lib.load()
-        comp = self._components(component)
+        comp = None if component is None else self._components(component)
+        one = _is_one(lf) and _is_one(lt)
 
         def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
-            if _is_one(lf) and _is_one(lt):
+            if one:
                 if comp is None:
                     return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
                 return lib.gs_skip_component(
@@ -508,7 +509,7 @@ class Model:
         for :meth:`skip`; ``component`` as for :meth:`skip`)."""
         la = _call_levels(at, "at")
         lib = _lib.load()
-        comp = self._components(component)
+        comp = None if component is None else self._components(component)
 
         def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
             if _is_one(la):
