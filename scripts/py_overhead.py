@@ -9,7 +9,8 @@ Run from the repository root after ``cargo build --release``::
 (or without the variables, against an installed wheel). Each line is the best of the rounds,
 in µs per call; "overhead" is the line minus the raw ctypes call it wraps (the same C
 function, arguments prepared once outside the loop). PyTorch lines appear when torch is
-installed.
+installed. The cases take turns within each round, so that a busy spell of the machine hits
+all of them alike; on a shared machine, compare overheads from one run.
 """
 
 import argparse
@@ -24,17 +25,19 @@ from gaussskip._context import context
 DIM, RANK, ROWS = 16, 4, 4
 
 
-def best_us(fn, calls: int, rounds: int) -> float:
-    """Best per-call time over the rounds, in µs (one untimed warm-up round first)."""
-    for _ in range(min(calls, 1000)):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def best_us(fns, calls: int, rounds: int):
+    """Best per-call time of each function over the rounds, in µs (after a warm-up)."""
+    for fn in fns:
+        for _ in range(min(calls, 1000)):
             fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best * 1e6
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / calls)
+    return [b * 1e6 for b in best]
 
 
 def main() -> None:
@@ -60,6 +63,7 @@ def main() -> None:
     tr = (_lib.GsNoise * ROWS)(*[_lib.GsNoise(1.0, float(s)) for s in to_rows])
     p_x1, p_o1, p_xr, p_or = x1.ctypes.data, o1.ctypes.data, xr.ctypes.data, orr.ctypes.data
     f32 = _lib.GS_DTYPE_F32
+    n80, n19 = gs.edm(80.0), gs.edm(19.4)
 
     raw_skip = lambda: lib.gs_skip(ctx, handle, f32, p_x1, p_o1, 1, f, t, None)  # noqa: E731
     raw_denoise = lambda: lib.gs_denoise(ctx, handle, f32, p_x1, p_o1, 1, t, None)  # noqa: E731
@@ -69,7 +73,7 @@ def main() -> None:
         ("raw gs_skip (ctypes), B=1", raw_skip, None),
         ("skip(x, 80, 19.4, out=out), B=1", lambda: model.skip(x1, 80.0, 19.4, out=o1), "raw gs_skip"),
         ("skip(x, 80, 19.4), B=1", lambda: model.skip(x1, 80.0, 19.4), "raw gs_skip"),
-        ("skip(x, Noise, Noise, out=out), B=1", lambda: model.skip(x1, gs.edm(80.0), gs.edm(19.4), out=o1), "raw gs_skip"),
+        ("skip(x, Noise, Noise, out=out), B=1", lambda: model.skip(x1, n80, n19, out=o1), "raw gs_skip"),
         ("raw gs_denoise (ctypes), B=1", raw_denoise, None),
         ("denoise(x, 19.4, out=out), B=1", lambda: model.denoise(x1, 19.4, out=o1), "raw gs_denoise"),
         (f"raw gs_skip_rows (ctypes), B={ROWS}", raw_rows, None),
@@ -88,8 +92,8 @@ def main() -> None:
 
     print(f"model dim {DIM}, rank {RANK}; best of {args.rounds} rounds x {args.calls} calls; µs per call")
     raw = {}
-    for name, fn, base in cases:
-        us = best_us(fn, args.calls, args.rounds)
+    times = best_us([fn for _, fn, _ in cases], args.calls, args.rounds)
+    for (name, _, base), us in zip(cases, times):
         if base is None:
             raw[name.split(" (")[0]] = us
             print(f"  {name:42s} {us:8.2f}")

@@ -47,6 +47,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 """A NumPy array or a PyTorch tensor: every operation returns the type it was given."""
 
+# A CUstream handle, or None. (An alias: the calls' closures are defined on every call, and
+# a subscripted annotation there would be evaluated every time.)
+_Stream = Optional[int]
+
 # The library call of one operation with its levels bound: (model handle, context, dtype
 # code, x pointer, out pointer, batch, stream) -> status.
 _Call = Callable[[Any, Any, int, int, int, int, Optional[int]], int]
@@ -489,7 +493,7 @@ class Model:
         comp = None if component is None else self._components(component)
         one = _is_one(lf) and _is_one(lt)
 
-        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
             if one:
                 if comp is None:
                     return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
@@ -511,7 +515,7 @@ class Model:
         lib = _lib.load()
         comp = None if component is None else self._components(component)
 
-        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
             if _is_one(la):
                 if comp is None:
                     return lib.gs_denoise(ctx, handle, code, xp, op, batch, _noise_c(la), stream)
@@ -557,7 +561,7 @@ class Model:
         def call_for(lvs: List[Noise]) -> _Call:
             arr = _noise_array(lvs)
 
-            def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
+            def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
                 if comp is None:
                     return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), stream)
                 return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), comp(batch), stream)

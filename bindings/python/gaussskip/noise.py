@@ -166,7 +166,7 @@ def level_rows(value, name: str) -> Union[Noise, List[Noise], np.ndarray]:
     arr = _numbers(value, name)
     if arr.size == 1:
         return Noise(1.0, float(arr.reshape(())))
-    if arr.ndim == 0 or arr.size == 0 or any(n != 1 for n in arr.shape[1:]):
+    if arr.ndim == 0 or arr.size == 0 or (arr.ndim > 1 and any(n != 1 for n in arr.shape[1:])):
         raise ShapeMismatchError(
             f"`{name}` has the wrong size: levels must be one value, or one per row with shape "
             f"(batch,) or (batch, 1, ..., 1), got shape {arr.shape}",
