@@ -172,7 +172,7 @@ def level_rows(value, name: str) -> Union[Noise, List[Noise], np.ndarray]:
             f"(batch,) or (batch, 1, ..., 1), got shape {arr.shape}",
             3,
         )
-    return arr.reshape(-1)
+    return arr.reshape(-1).copy()  # a snapshot: autograd's backward reads the levels later
 
 
 def as_level(value, name: str) -> Noise:

@@ -163,3 +163,18 @@ def test_torch_cpu_short_path(small):
     np.testing.assert_array_equal(y.numpy(), want)
     with pytest.raises(gs.ShapeMismatchError, match="`out` has the wrong size"):
         small.skip(x, 80.0, 1.0, out=torch.empty(3, small.dim, dtype=torch.float16))
+
+
+def test_per_row_levels_are_read_once(small):
+    # The backward of an autograd call runs the same library call later: it must use the
+    # levels as they were at the call, even if the caller's tensor changed in between.
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+    x = torch.from_numpy(rows(small, 3, seed=10).astype(np.float64))
+    at = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    want_x = x.clone().requires_grad_(True)
+    small.denoise(want_x, at.clone()).sum().backward()
+    got_x = x.clone().requires_grad_(True)
+    y = small.denoise(got_x, at)
+    at.mul_(10.0)
+    y.sum().backward()
+    np.testing.assert_array_equal(got_x.grad.numpy(), want_x.grad.numpy())
