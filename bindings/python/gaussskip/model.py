@@ -70,6 +70,8 @@ def _call_levels(value: Levels, name: str) -> _CallLevels:
     :func:`~gaussskip.noise.level_rows`, which parses and checks it."""
     if isinstance(value, (float, int, np.floating)):
         return _lib.GsNoise(1.0, float(value))
+    if type(value) is np.ndarray and value.ndim == 1 and value.size > 1 and value.dtype.kind == "f":
+        return value.astype(np.float64)  # per-row EDM sigmas, as level_rows would copy them
     return level_rows(value, name)
 
 

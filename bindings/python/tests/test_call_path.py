@@ -81,6 +81,12 @@ def test_per_row_level_tables(small):
     frm = [gs.vp(0.1), 40.0, gs.flow(0.8), np.float32(3.0)]
     want = np.stack([small.skip(x[i : i + 1], frm[i], 1.5)[0] for i in range(4)])
     assert rel_err(small.skip(x, frm, 1.5), want.astype(np.float64)) <= 1e-6
+    # 1-D float arrays of any precision read as the same list of Python floats.
+    for dtype in (np.float16, np.float32, np.float64):
+        sigmas = np.array([0.5, 3.0, 20.0, 70.0], dtype)
+        listed = [float(v) for v in sigmas]
+        np.testing.assert_array_equal(small.denoise(x, sigmas), small.denoise(x, listed))
+        np.testing.assert_array_equal(small.skip(x, 80.0, sigmas), small.skip(x, 80.0, listed))
     with pytest.raises(gs.ShapeMismatchError, match=r"`to` has the wrong size: expected 4 levels \(one per row\), got 3"):
         small.skip(x, 80.0, [1.0, 2.0, 3.0])
     with pytest.raises(gs.ShapeMismatchError, match=r"`at` has the wrong size: expected 4 levels \(one per row\), got 2"):
