@@ -193,11 +193,12 @@ def run_torch(call: Call, dim: int, x: Any, out: Any, slabs: int, trajectory: bo
     import torch
 
     codes = _torch_codes(torch)
-    # The common CPU call first, as for NumPy: a contiguous tensor in a library dtype, without
-    # out= or with a contiguous out= of the same dtype apart from x. Other cases (and every
-    # error) take the general path below.
-    code = codes.get(x.dtype)
-    if code is not None and not x.is_cuda and x.device.type == "cpu" and x.is_contiguous():
+    # The common CPU call first, as for NumPy: a contiguous tensor (not a subclass, whose
+    # new_empty could differ from torch.empty) in a library dtype, without out= or with a
+    # contiguous out= of the same dtype apart from x. Other cases (and every error) take the
+    # general path below.
+    code = codes.get(x.dtype) if type(x) is torch.Tensor else None
+    if code is not None and x.device.type == "cpu" and x.is_contiguous():
         batch = batch_of(x.shape, dim)
         shape = (slabs, *x.shape) if trajectory else tuple(x.shape)
         if out is None:

@@ -164,6 +164,10 @@ def test_torch_cpu_short_path(small):
         out = flat[out_at : out_at + n].view(3, small.dim)
         assert small.skip(xv, 80.0, 1.0, out=out) is out
         np.testing.assert_array_equal(out.numpy(), ref)
+    # A parameter (a tensor subclass) in, a plain tensor out, as before.
+    got = small.skip(torch.nn.Parameter(x.clone(), requires_grad=False), 80.0, 1.0)
+    assert type(got) is torch.Tensor
+    np.testing.assert_array_equal(got.numpy(), want)
     y = x.clone()
     assert small.skip(y, 80.0, 1.0, out=y) is y
     np.testing.assert_array_equal(y.numpy(), want)
