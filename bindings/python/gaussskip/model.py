@@ -23,6 +23,7 @@ one level per row (see :func:`gaussskip.noise.as_levels`).
 """
 
 import ctypes
+import functools
 import json
 import os
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 from . import _arrays, _lib, _safetensors
 from ._context import DeviceLike, context, parse_device, stream_handle
 from .errors import FileFormatError, GaussSkipError, InvalidArgumentError, InvalidModelError, ShapeMismatchError
-from .noise import Levels, Noise, as_level_list, as_levels
+from .noise import Levels, Noise, as_level_list, as_levels, level_rows
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 """A NumPy array or a PyTorch tensor: every operation returns the type it was given."""
+
+# A CUstream handle, or None. (An alias: the calls' closures are defined on every call, and
+# a subscripted annotation there would be evaluated every time.)
+_Stream = Optional[int]
 
 # The library call of one operation with its levels bound: (model handle, context, dtype
 # code, x pointer, out pointer, batch, stream) -> status.
@@ -54,12 +59,54 @@ Components = Union[None, int, str, Sequence[Union[int, str]], np.ndarray, "torch
 """The component of every row: one index (or label) for all, or one per row."""
 
 
-def _noise_c(n: Noise) -> _lib.GsNoise:
+# The levels of a call: one for all rows (a Noise, or a gs_noise made straight from a plain
+# number), or one per row (a list of Noise, or a float64 array of EDM sigmas).
+_CallLevels = Union[_lib.GsNoise, Noise, List[Noise], np.ndarray]
+
+
+def _call_levels(value: Levels, name: str) -> _CallLevels:
+    """A plain number (the common call; NumPy's float scalars included) becomes its gs_noise
+    at once, as level_rows would make it; everything else goes through
+    :func:`~gaussskip.noise.level_rows`, which parses and checks it."""
+    if isinstance(value, (float, int, np.floating)):
+        return _lib.GsNoise(1.0, float(value))
+    if type(value) is np.ndarray and value.ndim == 1 and value.size > 1 and value.dtype.kind == "f":
+        return value.astype(np.float64)  # per-row EDM sigmas, as level_rows would copy them
+    return level_rows(value, name)
+
+
+def _is_one(levels: _CallLevels) -> bool:
+    return isinstance(levels, (_lib.GsNoise, Noise))
+
+
+def _noise_c(n: Union[_lib.GsNoise, Noise]) -> _lib.GsNoise:
+    if type(n) is _lib.GsNoise:
+        return n
     return _lib.GsNoise(float(n.alpha), float(n.sigma))
 
 
 def _noise_array(levels: List[Noise]) -> Any:
     return (_lib.GsNoise * max(len(levels), 1))(*[_noise_c(n) for n in levels])
+
+
+def _noise_rows(levels: _CallLevels, batch: int, name: str) -> Any:
+    """The per-row table (batch gs_noise) that the ``*_rows`` calls read, filled through
+    NumPy rather than one ctypes object per row."""
+    table = np.empty((max(batch, 1), 2), np.float64)  # gs_noise: {double alpha, sigma}
+    if _is_one(levels):
+        one = _noise_c(levels)  # type: ignore[arg-type]
+        table[:] = (one.alpha, one.sigma)
+    elif len(levels) != batch:  # type: ignore[arg-type]
+        raise ShapeMismatchError(
+            f"`{name}` has the wrong size: expected {batch} levels (one per row), got {len(levels)}",  # type: ignore[arg-type]
+            3,
+        )
+    elif isinstance(levels, np.ndarray):
+        table[:, 0] = 1.0
+        table[:, 1] = levels
+    else:
+        table[:] = [(float(n.alpha), float(n.sigma)) for n in levels]  # type: ignore[union-attr]
+    return (_lib.GsNoise * len(table)).from_buffer(table)
 
 
 class Model:
@@ -443,19 +490,20 @@ class Model:
         or one per row (a sequence, array or tensor of batch length, or class labels as text
         when the model's components are labelled); None means component 0.
         """
-        lf, lt = as_levels(frm, "from"), as_levels(to, "to")
+        lf, lt = _call_levels(frm, "from"), _call_levels(to, "to")
         lib = _lib.load()
-        comp = self._components(component)
+        comp = None if component is None else self._components(component)
+        one = _is_one(lf) and _is_one(lt)
 
-        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
-            if isinstance(lf, Noise) and isinstance(lt, Noise):
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
+            if one:
                 if comp is None:
                     return lib.gs_skip(ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), stream)
                 return lib.gs_skip_component(
                     ctx, handle, code, xp, op, batch, _noise_c(lf), _noise_c(lt), comp(batch), stream
                 )
-            f = _noise_array(_rows(lf, batch, "from"))
-            t = _noise_array(_rows(lt, batch, "to"))
+            f = _noise_rows(lf, batch, "from")
+            t = _noise_rows(lt, batch, "to")
             if comp is None:
                 return lib.gs_skip_rows(ctx, handle, code, xp, op, batch, f, t, stream)
             return lib.gs_skip_rows_component(ctx, handle, code, xp, op, batch, f, t, comp(batch), stream)
@@ -465,16 +513,16 @@ class Model:
     def denoise(self, x: Array, at: Levels, *, out: Optional[Array] = None, component: Components = None) -> Array:
         """Posterior mean E[x0 | x_t] of every row at level ``at`` (one, or one per row as
         for :meth:`skip`; ``component`` as for :meth:`skip`)."""
-        la = as_levels(at, "at")
+        la = _call_levels(at, "at")
         lib = _lib.load()
-        comp = self._components(component)
+        comp = None if component is None else self._components(component)
 
-        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
-            if isinstance(la, Noise):
+        def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
+            if _is_one(la):
                 if comp is None:
                     return lib.gs_denoise(ctx, handle, code, xp, op, batch, _noise_c(la), stream)
                 return lib.gs_denoise_component(ctx, handle, code, xp, op, batch, _noise_c(la), comp(batch), stream)
-            a = _noise_array(_rows(la, batch, "at"))
+            a = _noise_rows(la, batch, "at")
             if comp is None:
                 return lib.gs_denoise_rows(ctx, handle, code, xp, op, batch, a, stream)
             return lib.gs_denoise_rows_component(ctx, handle, code, xp, op, batch, a, comp(batch), stream)
@@ -515,7 +563,7 @@ class Model:
         def call_for(lvs: List[Noise]) -> _Call:
             arr = _noise_array(lvs)
 
-            def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: Optional[int]) -> int:
+            def call(handle: Any, ctx: Any, code: int, xp: int, op: int, batch: int, stream: _Stream) -> int:
                 if comp is None:
                     return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), stream)
                 return fn(ctx, handle, code, xp, op, batch, _noise_c(lf), arr, len(lvs), comp(batch), stream)
@@ -536,15 +584,12 @@ class Model:
     ) -> Any:
         """Runs ``call`` on x (a trajectory when ``per_level`` gives the call of each level)."""
         trajectory = per_level is not None
-
-        def bound(handle: Any) -> Callable[..., int]:
-            return lambda *args: call(handle, *args)
-
-        if not _arrays.is_torch(x):
-            return _arrays.run_numpy(bound(self._handle), self.dim, x, out, slabs, trajectory)
+        bound = functools.partial(call, self._handle)
+        if type(x) is np.ndarray or not _arrays.is_torch(x):
+            return _arrays.run_numpy(bound, self.dim, x, out, slabs, trajectory)
 
         def forward(t: Any, o: Any = None) -> Any:
-            return _arrays.run_torch(bound(self._handle), self.dim, t, o, slabs, trajectory)
+            return _arrays.run_torch(bound, self.dim, t, o, slabs, trajectory)
 
         import torch
 
@@ -614,17 +659,6 @@ def _unpickle(mean: np.ndarray, eigvals: np.ndarray, eigvecs: np.ndarray, residu
 
 def _unpickle_components(parts: Tuple[Model, ...], labels: Tuple[str, ...]) -> Model:
     return Model.from_components(parts, labels)
-
-
-def _rows(levels: Union[Noise, List[Noise]], batch: int, name: str) -> List[Noise]:
-    if isinstance(levels, Noise):
-        return [levels] * batch
-    if len(levels) != batch:
-        raise ShapeMismatchError(
-            f"`{name}` has the wrong size: expected {batch} levels (one per row), got {len(levels)}",
-            3,
-        )
-    return levels
 
 
 def _metadata(

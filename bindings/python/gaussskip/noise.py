@@ -148,6 +148,15 @@ def as_levels(value, name: str) -> Union[Noise, List[Noise]]:
     all rows) or ``(batch,)``, ``(batch, 1, ..., 1)`` (one per row: the shapes that
     broadcast against ``x`` in PyTorch code, e.g. ``sigma[:, None, None, None]``).
     """
+    levels = level_rows(value, name)
+    if isinstance(levels, np.ndarray):
+        return [Noise(1.0, float(v)) for v in levels]
+    return levels
+
+
+def level_rows(value, name: str) -> Union[Noise, List[Noise], np.ndarray]:
+    """:func:`as_levels`, with per-row EDM sigmas left as a 1-D float64 array (the model's
+    calls lay them out for the library without a Noise object per row)."""
     if isinstance(value, Noise):
         return value
     if isinstance(value, Real):
@@ -157,13 +166,13 @@ def as_levels(value, name: str) -> Union[Noise, List[Noise]]:
     arr = _numbers(value, name)
     if arr.size == 1:
         return Noise(1.0, float(arr.reshape(())))
-    if arr.ndim == 0 or arr.size == 0 or any(n != 1 for n in arr.shape[1:]):
+    if arr.ndim == 0 or arr.size == 0 or (arr.ndim > 1 and any(n != 1 for n in arr.shape[1:])):
         raise ShapeMismatchError(
             f"`{name}` has the wrong size: levels must be one value, or one per row with shape "
             f"(batch,) or (batch, 1, ..., 1), got shape {arr.shape}",
             3,
         )
-    return [Noise(1.0, float(v)) for v in arr.reshape(-1)]
+    return arr.reshape(-1).copy()  # a snapshot: autograd's backward reads the levels later
 
 
 def as_level(value, name: str) -> Noise:
