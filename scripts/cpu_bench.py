@@ -11,7 +11,7 @@ time of each, their ratio (below 1: ours is faster), our GB/s over the eigenvect
 read twice, and our relative error against float64. Threads: the library uses one per core
 (RAYON_NUM_THREADS), NumPy its BLAS default (OPENBLAS_NUM_THREADS); leave both unset to
 compare the defaults. Run it on an otherwise idle machine. Each timed round follows a pause
-and an untimed call of the same side (`--settle`): idle BLAS threads that still spin from the
+and 0.1 s of untimed calls of the same side (`--settle`): idle BLAS threads that still spin from the
 other side's call would otherwise be timed as ours, and ours as NumPy's.
 
 On a shared machine, wall times swing with the other processes and penalise whichever side
@@ -50,23 +50,31 @@ def numpy_skip(x, mu, u, ut, lam, s0, s1):
     return mu + b * y + p @ u
 
 
-def best_of(f, calls, rounds, clock):
+def best_of(f, calls, clock):
+    """The fastest of `calls` calls, each timed alone: on a shared machine a call is slowed
+    by other processes and never sped up, so the minimum is the steadiest estimate of each
+    side's own time."""
     best = float("inf")
-    for _ in range(rounds):
+    for _ in range(calls):
         t = clock()
-        for _ in range(calls):
-            f()
-        best = min(best, (clock() - t) / calls)
+        f()
+        best = min(best, clock() - t)
     return best
 
 
-def settled(f, calls, clock, pause):
-    """One timed round of `f` after a pause and an untimed call: OpenBLAS's threads spin for
-    a while after each call (rayon's briefly), and on a machine with as many cores as threads
-    they would slow down the other side's next call (by 1.5-2x at these sizes)."""
+def settled(f, calls, clock, pause, warm=0.1):
+    """One timed round of `f` after a pause and `warm` seconds of untimed calls. OpenBLAS's
+    threads spin for a while after each call (rayon's briefly), and on a machine with as many
+    cores as threads they would slow down the other side's next call (by 1.5-2x at these
+    sizes): hence the pause. But a core that was idle runs slowly for a few tens of
+    milliseconds (measured on the 2-core test machine: calls of 2.3 ms took 5-9 ms for the
+    first 40 ms after a 0.3 s pause): hence the warm-up, long enough for either side."""
     time.sleep(pause)
+    end = time.perf_counter() + warm
     f()
-    return best_of(f, calls, 1, clock)
+    while time.perf_counter() < end:
+        f()
+    return best_of(f, calls, clock)
 
 
 def main():

@@ -23,7 +23,7 @@
 use faer::Par;
 use rayon::prelude::*;
 
-use crate::error::{try_vec, Result};
+use crate::error::{try_vec, Error, Result};
 
 /// Longest block of the inner dimension: of the back-projection (a `KC x 16` panel of
 /// eigenvectors is 16 KB), of the projection (four rows of y are 16 KB).
@@ -90,17 +90,37 @@ fn ranges(n: usize, unit: usize, min: usize, par: Par) -> Vec<std::ops::Range<us
         .collect()
 }
 
-/// Runs `job` on every range and its index, on the pool under `par`.
+/// Runs `job` on every range, on the pool under `par`; the first error, if any.
 fn each(
     ranges: Vec<std::ops::Range<usize>>,
     par: Par,
-    job: impl Fn((usize, std::ops::Range<usize>)) + Sync + Send,
-) {
+    job: impl Fn(std::ops::Range<usize>) -> Result<()> + Sync + Send,
+) -> Result<()> {
     if par != Par::Seq && ranges.len() > 1 {
-        ranges.into_par_iter().enumerate().for_each(job);
+        ranges.into_par_iter().try_for_each(job)
     } else {
-        ranges.into_iter().enumerate().for_each(job);
+        ranges.into_iter().try_for_each(job)
     }
+}
+
+thread_local! {
+    /// Each thread's panels of eigenvectors for the back-projection, kept from call to call
+    /// (allocating and clearing them per call cost as much as a small call's arithmetic).
+    static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's panel buffer (contents unspecified), starting
+/// on a 64-byte boundary.
+fn with_panels<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    PANELS.with_borrow_mut(|buf| {
+        if buf.len() < len + ALIGN {
+            let more = len + ALIGN - buf.len();
+            buf.try_reserve_exact(more)
+                .map_err(|_| Error::OutOfMemory(format!("the eigenvector panels: {len} floats")))?;
+            buf.resize(len + ALIGN, 0.0);
+        }
+        Ok(f(aligned(buf, len)))
+    })
 }
 
 /// An output shared by the threads, each writing elements no other thread writes.
@@ -149,7 +169,7 @@ pub(crate) fn project(
         }
     }
     let out = Shared(p.as_mut_ptr());
-    let job = |(_, modes): (usize, std::ops::Range<usize>)| {
+    let job = |modes: std::ops::Range<usize>| {
         for c in 0..nblocks {
             let (k0, kc) = (c * kb, kb.min(d - c * kb));
             let block = &yb[c * padded * KP..(c + 1) * padded * KP];
@@ -180,8 +200,10 @@ pub(crate) fn project(
             }
         }
     };
-    each(ranges(r, PE * 8, PE * 8, par), par, job);
-    Ok(())
+    each(ranges(r, PE * 8, PE * 8, par), par, |modes| {
+        job(modes);
+        Ok(())
+    })
 }
 
 /// `out = q e` for row-major `e` (`r x d`), `q` (`rows x r`) and `out` (`rows x d`).
@@ -224,13 +246,8 @@ pub(crate) fn back_project(
         }
     }
     let ranges = ranges(d, BC, 8 * BC, par);
-    let strip = kb * NB;
-    let mut scratch = try_vec(ranges.len() * strip + ALIGN, 0f32, "the eigenvector panels")?;
-    let scratch = Shared(aligned(&mut scratch, ranges.len() * strip).as_mut_ptr());
     let dst = Shared(out.as_mut_ptr());
-    let job = |(index, cols): (usize, std::ops::Range<usize>)| {
-        // SAFETY: job `index` alone uses strip `index` of the scratch.
-        let panels_e = unsafe { std::slice::from_raw_parts_mut(scratch.at(index * strip), strip) };
+    let job = |cols: std::ops::Range<usize>, panels_e: &mut [f32]| {
         // Block c of modes on the strip of columns s0..: every output row of the strip.
         let mut step = |s0: usize, c: usize| {
             let sw = NB.min(cols.end - s0);
@@ -269,8 +286,9 @@ pub(crate) fn back_project(
             }
         }
     };
-    each(ranges, par, job);
-    Ok(())
+    each(ranges, par, |cols| {
+        with_panels(kb * NB, |panels| job(cols, panels))
+    })
 }
 
 /// Writes (`first`) or adds `sums` to the `h x w` tile of a row-major matrix of row length
