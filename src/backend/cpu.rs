@@ -160,22 +160,9 @@ impl<'a, F: Real> Projected<'a, F> {
         let mut y = try_vec(rows * d, zero, "the centred rows")?;
         let mut norms = vec![RowNorms::default(); rows];
         let centre = |(i, (yr, nr)): (usize, (&mut [F], &mut RowNorms))| {
-            let c = F::from_f64(plan.c(i));
-            let (mut l2, mut max) = (0f64, 0f64);
             let xr = &x[i * d..(i + 1) * d];
-            for (j, ((yv, xv), &m)) in yr.iter_mut().zip(xr).zip(mean).enumerate() {
-                let v = xv.to_f32();
-                if !v.is_finite() {
-                    nr.bad = Some(i * d + j);
-                    return;
-                }
-                *yv = F::from_f64(f64::from(v)) - c * F::from_f64(f64::from(m));
-                let a = yv.to_f64().abs();
-                l2 += a * a;
-                max = max.max(a);
-            }
-            nr.l2 = l2.sqrt();
-            nr.max = max;
+            *nr = centre_row(xr, mean, F::from_f64(plan.c(i)), yr);
+            nr.bad = nr.bad.map(|j| i * d + j);
         };
         if split(par, rows * d) {
             y.par_chunks_mut(d)
@@ -218,14 +205,11 @@ impl<'a, F: Real> Projected<'a, F> {
             let k = slab.index(i);
             let (a, b) = (slab.a[k], slab.b[k]);
             let w = &slab.w[k * r..(k + 1) * r];
-            let (mut on, mut p2, mut w_max) = (0f64, 0f64, 0f64);
-            for ((qv, &pv), &wv) in qr.iter_mut().zip(&p[i * r..(i + 1) * r]).zip(w) {
+            let pr = &p[i * r..(i + 1) * r];
+            for ((qv, &pv), &wv) in qr.iter_mut().zip(pr).zip(w) {
                 *qv = pv * F::from_f64(wv);
-                let pf = pv.to_f64();
-                on += ((wv + b) * pf).powi(2);
-                p2 += pf * pf;
-                w_max = w_max.max(wv.abs());
             }
+            let (on, p2, w_max) = weights_and_norms(pr, w, b);
             // ‖y‖² − ‖p‖² is the part of y off the modes, up to the rounding of p: only what
             // stands above that rounding counts towards the result's size.
             let yn = norms[i].l2;
@@ -340,6 +324,69 @@ impl<'a, F: Real> Projected<'a, F> {
         }
         Ok(())
     }
+}
+
+/// Independent sums per row pass: one running f64 sum would make each element wait for the
+/// previous addition (its latency, not the arithmetic, set the time of these passes).
+const LANES: usize = 8;
+
+/// `y = x - c mean` for one row, and its measures (`bad`: the first NaN/Inf of `x` in the
+/// row). With a NaN/Inf in `x` the contents of `y` are unspecified.
+fn centre_row<T: Element, F: Real>(x: &[T], mean: &[f32], c: F, y: &mut [F]) -> RowNorms {
+    let (mut l2, mut max) = ([0f64; LANES], [0f64; LANES]);
+    let mut centre = |yc: &mut [F], xc: &[T], mc: &[f32]| {
+        for (l, ((yv, xv), &m)) in yc.iter_mut().zip(xc).zip(mc).enumerate() {
+            *yv = F::from_f64(f64::from(xv.to_f32())) - c * F::from_f64(f64::from(m));
+            let a = yv.to_f64().abs();
+            l2[l] += a * a;
+            max[l] = max[l].max(a);
+        }
+    };
+    let mut ys = y.chunks_exact_mut(LANES);
+    let mut xs = x.chunks_exact(LANES);
+    let mut ms = mean.chunks_exact(LANES);
+    for ((yc, xc), mc) in (&mut ys).zip(&mut xs).zip(&mut ms) {
+        centre(yc, xc, mc);
+    }
+    centre(ys.into_remainder(), xs.remainder(), ms.remainder());
+    let l2 = l2.iter().sum::<f64>();
+    // A finite row of x has a finite sum of squares in f64 (below 1e77 per element).
+    let bad = if l2.is_finite() {
+        None
+    } else {
+        x.iter().position(|v| !v.to_f32().is_finite())
+    };
+    RowNorms {
+        l2: l2.sqrt(),
+        max: max.iter().fold(0f64, |a, &b| a.max(b)),
+        bad,
+    }
+}
+
+/// For one row of projections `p` and its weights `w`: Σ ((w_k + b) p_k)², Σ p_k² and
+/// max |w_k|, in f64.
+fn weights_and_norms<F: Real>(p: &[F], w: &[f64], b: f64) -> (f64, f64, f64) {
+    let (mut on, mut p2, mut w_max) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
+    let mut add = |pc: &[F], wc: &[f64]| {
+        for (l, (&pv, &wv)) in pc.iter().zip(wc).enumerate() {
+            let pf = pv.to_f64();
+            on[l] += ((wv + b) * pf).powi(2);
+            p2[l] += pf * pf;
+            w_max[l] = w_max[l].max(wv.abs());
+        }
+    };
+    let mut ps = p.chunks_exact(LANES);
+    let mut ws = w.chunks_exact(LANES);
+    for (pc, wc) in (&mut ps).zip(&mut ws) {
+        add(pc, wc);
+    }
+    add(ps.remainder(), ws.remainder());
+    let total = |v: [f64; LANES]| v.iter().sum::<f64>();
+    (
+        total(on),
+        total(p2),
+        w_max.iter().fold(0f64, |a, &b| a.max(b)),
+    )
 }
 
 /// Refuses a call whose intermediates could overflow `F`, or whose f32 output could overflow,
