@@ -26,7 +26,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::{cpu_gemm, cpu_small};
+use super::cpu_small;
 use crate::dtype::{Dtype, Element};
 use crate::error::{try_vec, Error, Result};
 use crate::model::Model;
@@ -494,9 +494,10 @@ fn project_fused<F: Real>(
 /// `p = y e^T` (`rows x r`) for row-major `e` (`r x d`) and `y` (`rows x d`): by the kernels
 /// of `cpu_gemm` in f32 where the CPU has them, otherwise by faer GEMMs on blocks of modes.
 fn project<F: Real>(e: &[F], d: usize, y: &[F], rows: usize, p: &mut [F], par: Par) -> Result<()> {
-    if cpu_gemm::available() {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_gemm::available() {
         if let (Some(e), Some(y), Some(p)) = (same(e), same(y), same_mut(p)) {
-            return cpu_gemm::project(e, d, y, rows, p, par);
+            return super::cpu_gemm::project(e, d, y, rows, p, par);
         }
     }
     let r = e.len() / d;
@@ -527,9 +528,10 @@ fn back_project<F: Real>(
     out: &mut [F],
     par: Par,
 ) -> Result<()> {
-    if cpu_gemm::available() {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_gemm::available() {
         if let (Some(e), Some(q), Some(out)) = (same(e), same(q), same_mut(out)) {
-            return cpu_gemm::back_project(e, d, q, rows, out, par);
+            return super::cpu_gemm::back_project(e, d, q, rows, out, par);
         }
     }
     let r = e.len() / d;

@@ -1,4 +1,5 @@
-//! The two f32 matrix products of the CPU path, with AVX2/FMA register-blocked kernels.
+//! The two f32 matrix products of the CPU path, with AVX2/FMA register-blocked kernels
+//! (x86_64 only; elsewhere, and on x86_64 CPUs without AVX2/FMA, faer computes them).
 //!
 //! - Projection `p = y e^T` (`rows x r`): both operands run along `dim`, so each kernel call
 //!   forms a 4 x 3 block of dot products, eight lanes of `dim` at a time, from four rows of y
@@ -339,7 +340,6 @@ fn packed(
 
 /// Writes (`first`) or adds `sums` to the `h x w` tile of a row-major matrix of row length
 /// `d` that starts at `at`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store_tile(
     sums: &[[f32; BC]; BR],
@@ -374,7 +374,6 @@ unsafe fn store_tile(
 /// Copies columns `s0..s0 + sw` of eigenvector rows `ks` into panels of `BC` columns:
 /// panel j holds `kb` steps of BC floats, step k = e[ks.start + k][s0 + j*BC..], with zeros
 /// past column `sw`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_strip(
     e: &[f32],
@@ -409,7 +408,6 @@ unsafe fn pack_strip(
 /// Copies rows `s0..s0 + sw` of eigenvectors, columns `ks`, transposed into panels of `BC`
 /// rows: panel j holds `kb` steps of BC floats, step k = e[s0 + j*BC + c][ks.start + k] for
 /// c in 0..BC, with zeros past row `sw`. Blocks of 8 x 8 are transposed in registers.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_transposed(
     e: &[f32],
@@ -484,7 +482,6 @@ unsafe fn pack_transposed(
 
 /// The dot products of `PY` rows of `ys` (each KP long, zeros past `kc`) with eigenvector
 /// rows `rows_e` over columns `k0..k0 + kc`: `sums[i][j] = Σ_k ys[i][k] e[rows_e[j]][k0 + k]`.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)] // indices over register arrays, unrolled
 unsafe fn dot_block(
@@ -551,7 +548,6 @@ unsafe fn dot_block(
 }
 
 /// The sum of the eight lanes, in a fixed order.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
@@ -563,7 +559,6 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 /// `sums[i][j] = Σ_k qs[k * BR + i] panel[k * BC + j]` over `kc` steps.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn axpy_block(qs: &[f32], panel: &[f32], kc: usize) -> [[f32; BC]; BR] {
     use std::arch::x86_64::*;
@@ -597,52 +592,4 @@ unsafe fn axpy_block(qs: &[f32], panel: &[f32], kc: usize) -> [[f32; BC]; BR] {
         _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
     }
     sums
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn dot_block(
-    _: &[f32],
-    _: usize,
-    _: [usize; PE],
-    _: usize,
-    _: usize,
-    _: &[f32],
-) -> [[f32; PE]; PY] {
-    unreachable!("available() is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_strip(
-    _: &[f32],
-    _: usize,
-    _: std::ops::Range<usize>,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("available() is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn store_tile(_: &[[f32; BC]; BR], _: *mut f32, _: usize, _: usize, _: usize, _: bool) {
-    unreachable!("available() is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn pack_transposed(
-    _: &[f32],
-    _: usize,
-    _: std::ops::Range<usize>,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [f32],
-) {
-    unreachable!("available() is false off x86_64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn axpy_block(_: &[f32], _: &[f32], _: usize) -> [[f32; BC]; BR] {
-    unreachable!("available() is false off x86_64")
 }

@@ -5,6 +5,7 @@
 //! found at run time.
 
 pub mod cpu;
+#[cfg(target_arch = "x86_64")]
 mod cpu_gemm;
 mod cpu_small;
 #[cfg(feature = "cuda")]
