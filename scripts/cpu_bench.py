@@ -84,7 +84,19 @@ def main():
                     help="seconds of pause before each timed round (idle threads stop spinning)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time CPU seconds, not wall seconds (one thread on each side)")
+    ap.add_argument("--shapes", default=",".join(f"{d}x{r}" for d, r in SHAPES),
+                    help="models to time, as dim x rank (default: %(default)s)")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                    help="batch sizes to time (default: %(default)s)")
     args = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        sys.exit(f"--shapes takes DxR[,DxR...] and --batches B[,B...], got {args.shapes!r}, "
+                 f"{args.batches!r}")
+    if any(len(s) != 2 or not 0 < s[1] <= s[0] for s in shapes) or min(batches) < 1:
+        sys.exit("each shape needs 0 < rank <= dim, each batch at least 1")
     clock = time.perf_counter
     if args.cpu_time:
         threads = {v: os.environ.get(v) for v in ("RAYON_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
@@ -94,11 +106,11 @@ def main():
     rng = np.random.default_rng(0)
     print(f"{'d':>6} {'r':>6} {'B':>4}  {'ours_ms':>8} {'numpy_ms':>9} {'ours/numpy':>10} "
           f"{'ours_GB/s':>9}  relerr")
-    for d, r in SHAPES:
+    for d, r in shapes:
         mu, lam, u = random_model(rng, d, r)
         ut = np.ascontiguousarray(u.T)
         model = gs.Model.from_arrays(mu, lam, u, 0.0)
-        for batch in BATCHES:
+        for batch in batches:
             x = (rng.standard_normal((batch, d)) * SIGMA_FROM).astype(np.float32)
             out = np.empty_like(x)
             ours = lambda: model.skip(x, SIGMA_FROM, SIGMA_TO, out=out)  # noqa: E731

@@ -37,6 +37,10 @@ use crate::sampler::Real;
 /// pool costs more than it saves (and a small call never touches the pool).
 const PAR_FLOPS: usize = 1 << 21;
 
+/// The same for calls of a few rows, whose kernels share their work from the calling thread
+/// ([`crate::pool::share`]): no hand-over to wait for, so shorter calls gain from it.
+const SHARE_FLOPS: usize = 1 << 18;
+
 /// In a parallel call, element-wise passes shorter than this still run on one thread.
 const PAR_MIN: usize = 1 << 15;
 
@@ -70,25 +74,50 @@ pub const ESTIMATE_MAX: f64 = 4e-6;
 pub(crate) fn apply<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T]) -> Result<()> {
     debug_assert_eq!(x.len(), plan.rows * model.dim());
     debug_assert_eq!(out.len(), plan.slabs.len() * plan.rows * model.dim());
+    let outs = plan.slabs.len() * plan.rows;
     let flops = (plan.slabs.len() + 1)
         .saturating_mul(plan.rows)
         .saturating_mul(model.dim())
         .saturating_mul(model.rank());
-    if flops >= PAR_FLOPS {
-        crate::pool::install(|| run(model, plan, x, out, faer::get_global_parallelism()))
+    let small = cpu_small::serves(plan.rows, outs, model.eigvecs().len());
+    if flops < if small { SHARE_FLOPS } else { PAR_FLOPS } {
+        run(model, plan, x, out, Par::Seq, false)
+    } else if small {
+        // A few rows: the calling thread runs the call and shares the kernels' blocks with the
+        // pool (its short row passes stay on this thread).
+        run(model, plan, x, out, Par::Seq, true)
     } else {
-        run(model, plan, x, out, Par::Seq)
+        crate::pool::install(|| run(model, plan, x, out, faer::get_global_parallelism(), false))
     }
 }
 
-fn run<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T], par: Par) -> Result<()> {
+/// The call in f32 when its estimated rounding allows, otherwise in f64. `par` splits the
+/// passes and products (inside the pool); `share`: the small-batch kernels share their work
+/// with the pool from the calling thread (see [`crate::pool::share`]).
+fn run<T: Element>(
+    model: &Model,
+    plan: &Plan,
+    x: &[T],
+    out: &mut [T],
+    par: Par,
+    share: bool,
+) -> Result<()> {
     if !plan.conditioning.needs_f64() {
-        let f32_run = Projected::<f32>::new(model, plan, x, T::DTYPE, par)?;
+        let f32_run = Projected::<f32>::new(model, plan, x, T::DTYPE, par, share)?;
         if f32_run.worst_estimate <= F32_ESTIMATE_MAX {
             return f32_run.finish(model, plan, out);
         }
     }
-    let f64_run = Projected::<f64>::new(model, plan, x, T::DTYPE, par)?;
+    if share {
+        // No small-batch kernels in f64: its products split inside the pool.
+        let par = faer::get_global_parallelism();
+        return crate::pool::install(|| run_f64(model, plan, x, out, par));
+    }
+    run_f64(model, plan, x, out, par)
+}
+
+fn run_f64<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T], par: Par) -> Result<()> {
+    let f64_run = Projected::<f64>::new(model, plan, x, T::DTYPE, par, false)?;
     if f64_run.worst_estimate > ESTIMATE_MAX {
         let (s, i) = f64_run.worst_at;
         let (arg, level) = plan.target(s, i);
@@ -151,6 +180,7 @@ impl<'a, F: Real> Projected<'a, F> {
         x: &[T],
         dtype: Dtype,
         par: Par,
+        share: bool,
     ) -> Result<Self> {
         let (rows, d, r) = (plan.rows, model.dim(), model.rank());
         let nslab = plan.slabs.len();
@@ -185,7 +215,14 @@ impl<'a, F: Real> Projected<'a, F> {
             None => Eigvecs::Owned(widen::<F>(model.eigvecs(), par)?),
         };
         let mut p = try_vec(rows * r, zero, "the projections")?;
-        let fused = project_fused(model, plan, eigvecs.get(), &y, &mut p, par)?;
+        let fused = project_fused(
+            model,
+            plan,
+            eigvecs.get(),
+            &y,
+            &mut p,
+            share || par != Par::Seq,
+        )?;
         if fused.is_none() {
             project(eigvecs.get(), d, &y, rows, &mut p, par)?;
         }
@@ -467,7 +504,7 @@ fn project_fused<F: Real>(
     e: &[F],
     y: &[F],
     p: &mut [F],
-    par: Par,
+    threads: bool,
 ) -> Result<Option<Vec<f32>>> {
     let (rows, r, d) = (plan.rows, model.rank(), model.dim());
     let outs = plan.slabs.len() * rows;
@@ -487,7 +524,7 @@ fn project_fused<F: Real>(
         }
     }
     let mut acc = try_vec(outs * d, 0f32, "the output")?;
-    cpu_small::project_back(e, d, y, rows, &w, &src, p, &mut acc, par)?;
+    cpu_small::project_back(e, d, y, rows, &w, &src, p, &mut acc, threads)?;
     Ok(Some(acc))
 }
 

@@ -16,8 +16,7 @@
 //! output row `o` reads input row `src[o]` with the weights `w[o * r..(o + 1) * r]` and is
 //! `acc[o * d..(o + 1) * d]`.
 
-use faer::Par;
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::error::{try_vec, Result};
 
@@ -83,7 +82,7 @@ pub(crate) fn project_back(
     src: &[usize],
     p: &mut [f32],
     acc: &mut [f32],
-    par: Par,
+    threads: bool,
 ) -> Result<()> {
     let r = e.len() / d;
     let outs = src.len();
@@ -97,39 +96,45 @@ pub(crate) fn project_back(
     acc.fill(0.0);
     let mut pt = vec![0f32; r * rows];
     let block_len = r.div_ceil(parts);
-    let run_block = |(b, (sums, pts)): (usize, (&mut [f32], &mut [f32]))| {
-        let modes = block_modes(r, b);
-        // SAFETY: `available()` was asserted; the sizes of every slice were checked above
-        // (`pts` holds `rows` values per mode of the block, `sums` `outs` rows of `d`).
-        unsafe { block(e, d, y, rows, w, src, modes, pts, sums) };
-    };
     let mut sums: Vec<&mut [f32]> = Vec::with_capacity(parts);
     sums.push(acc);
     sums.extend(partials.chunks_mut(outs * d));
-    let pts: Vec<&mut [f32]> = pt.chunks_mut(block_len * rows).collect();
-    let jobs: Vec<_> = sums.into_iter().zip(pts).enumerate().collect();
-    if par != Par::Seq && parts > 1 {
-        jobs.into_par_iter().for_each(run_block);
+    // One lock per block, each taken once: the blocks' slices go to whichever thread runs them.
+    let jobs: Vec<Mutex<(&mut [f32], &mut [f32])>> = sums
+        .into_iter()
+        .zip(pt.chunks_mut(block_len * rows))
+        .map(Mutex::new)
+        .collect();
+    let run_block = |b: usize| {
+        let mut job = jobs[b].lock().unwrap_or_else(|e| e.into_inner());
+        let (sums, pts) = &mut *job;
+        // SAFETY: `available()` was asserted; the sizes of every slice were checked above
+        // (`pts` holds `rows` values per mode of the block, `sums` `outs` rows of `d`).
+        unsafe { block(e, d, y, rows, w, src, block_modes(r, b), pts, sums) };
+    };
+    if threads {
+        crate::pool::share(parts, run_block);
     } else {
-        jobs.into_iter().for_each(run_block);
+        (0..parts).for_each(run_block);
     }
+    drop(jobs);
     for (k, vals) in pt.chunks(rows).enumerate() {
         for (b, &v) in vals.iter().enumerate() {
             p[b * r + k] = v;
         }
     }
-    add_partials(acc, &partials, par);
+    add_partials(acc, &partials, threads);
     Ok(())
 }
 
 /// `acc += partial_1 + partial_2 + ...`, element by element in block order.
-fn add_partials(acc: &mut [f32], partials: &[f32], par: Par) {
+fn add_partials(acc: &mut [f32], partials: &[f32], threads: bool) {
     if partials.is_empty() {
         return;
     }
     let n = acc.len();
     const CHUNK: usize = 1 << 12;
-    let add = |(c, dst): (usize, &mut [f32])| {
+    let add = |c: usize, dst: &mut [f32]| {
         let span = c * CHUNK..c * CHUNK + dst.len();
         for part in partials.chunks(n) {
             for (a, &v) in dst.iter_mut().zip(&part[span.clone()]) {
@@ -137,10 +142,15 @@ fn add_partials(acc: &mut [f32], partials: &[f32], par: Par) {
             }
         }
     };
-    if par != Par::Seq && n > CHUNK {
-        acc.par_chunks_mut(CHUNK).enumerate().for_each(add);
+    if threads && n > CHUNK {
+        let chunks: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(CHUNK).map(Mutex::new).collect();
+        crate::pool::share(chunks.len(), |c| {
+            add(c, &mut chunks[c].lock().unwrap_or_else(|e| e.into_inner()));
+        });
     } else {
-        acc.chunks_mut(CHUNK).enumerate().for_each(add);
+        acc.chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, dst)| add(c, dst));
     }
 }
 
@@ -171,18 +181,21 @@ unsafe fn block(
     let outs = src.len();
     let mut q = [0f32; MAX_OUTS * GROUP];
     let mut k = k0;
+    // Whether the projections of the group at `k` were computed with the previous group.
+    let mut ready = false;
     while k < end {
         let m = if end - k >= GROUP { GROUP } else { 1 };
         let group = &e[k * d..(k + m) * d];
         let slot = &mut pts[(k - k0) * rows..(k - k0 + m) * rows];
-        match (rows, m) {
-            (1, GROUP) => dots::<1, GROUP>(group, y, slot),
-            (2, GROUP) => dots::<2, GROUP>(group, y, slot),
-            (3, GROUP) => dots::<3, GROUP>(group, y, slot),
-            (_, GROUP) => dots::<4, GROUP>(group, y, slot),
-            (1, _) => dots::<1, 1>(group, y, slot),
-            (2, _) => dots::<2, 1>(group, y, slot),
-            (3, _) => dots::<3, 1>(group, y, slot),
+        match (ready, rows, m) {
+            (true, _, _) => {}
+            (_, 1, GROUP) => dots_one::<GROUP>(group, y, slot),
+            (_, 2, GROUP) => dots::<2, GROUP>(group, y, slot),
+            (_, 3, GROUP) => dots::<3, GROUP>(group, y, slot),
+            (_, _, GROUP) => dots::<4, GROUP>(group, y, slot),
+            (_, 1, _) => dots::<1, 1>(group, y, slot),
+            (_, 2, _) => dots::<2, 1>(group, y, slot),
+            (_, 3, _) => dots::<3, 1>(group, y, slot),
             _ => dots::<4, 1>(group, y, slot),
         }
         for (o, &s) in src.iter().enumerate() {
@@ -191,7 +204,15 @@ unsafe fn block(
             }
         }
         let q = &q[..outs * m];
-        if m == GROUP {
+        ready = false;
+        if m == GROUP && rows == 1 && outs == 1 && end - k >= 2 * GROUP {
+            // One row, one output: the next group's projections stream in from memory while
+            // this group's rows, in the cache, are added to the output.
+            let next = &e[(k + GROUP) * d..(k + 2 * GROUP) * d];
+            let next_slot = &mut pts[k + GROUP - k0..k + 2 * GROUP - k0];
+            axpys_dots::<GROUP>(group, q, next, y, next_slot, sums);
+            ready = true;
+        } else if m == GROUP {
             axpys_by::<GROUP>(group, q, sums);
         } else {
             axpys_by::<1>(group, q, sums);
@@ -253,12 +274,58 @@ unsafe fn dots<const R: usize, const M: usize>(group: &[f32], y: &[f32], slot: &
     }
 }
 
+/// [`dots`] for one row of `y`: two accumulators per mode, for enough independent chains of
+/// fused multiply-adds to keep both FMA units busy (one chain per mode waited on its latency).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dots_one<const M: usize>(group: &[f32], y: &[f32], slot: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    let mut acc = [[_mm256_setzero_ps(); M]; 2];
+    let pair_end = d - d % 16;
+    let mut i = 0;
+    while i < pair_end {
+        for (h, a) in acc.iter_mut().enumerate() {
+            let yv = _mm256_loadu_ps(y.as_ptr().add(i + 8 * h));
+            for (j, av) in a.iter_mut().enumerate() {
+                let ev = _mm256_loadu_ps(group.as_ptr().add(j * d + i + 8 * h));
+                *av = _mm256_fmadd_ps(ev, yv, *av);
+            }
+        }
+        i += 16;
+    }
+    if d - i >= 8 {
+        let yv = _mm256_loadu_ps(y.as_ptr().add(i));
+        for (j, av) in acc[0].iter_mut().enumerate() {
+            let ev = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
+            *av = _mm256_fmadd_ps(ev, yv, *av);
+        }
+        i += 8;
+    }
+    for j in 0..M {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0][j], acc[1][j]));
+        let mut total = lanes.iter().sum::<f32>();
+        for t in i..d {
+            total += group[j * d + t] * y[t];
+        }
+        slot[j] = total;
+    }
+}
+
 /// `sums[o * d + i] += Σ_j q[o * M + j] group[j * d + i]` for every output row o, the `M`
-/// rows j in order (one chain of fused multiply-adds per element).
+/// rows j in order (one chain of fused multiply-adds per element). One or two output rows
+/// hold their broadcast weights in registers ([`axpys_held`]); more load them at each step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn axpys_by<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
+    match q.len() / M {
+        1 => return axpys_held::<M, 1>(group, q, sums),
+        2 => return axpys_held::<M, 2>(group, q, sums),
+        _ => {}
+    }
     use std::arch::x86_64::*;
     let d = group.len() / M;
     let outs = q.len() / M;
@@ -280,7 +347,100 @@ unsafe fn axpys_by<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
         }
         i += 8;
     }
-    for t in vec_end..d {
+    axpys_tail::<M>(group, q, sums, vec_end);
+}
+
+/// [`axpys_by`] for `O` output rows, their weights broadcast once into registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn axpys_held<const M: usize, const O: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    let vec_end = d - d % 8;
+    let base = sums.as_mut_ptr();
+    let mut qv = [[_mm256_setzero_ps(); M]; O];
+    for (o, row) in qv.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = _mm256_set1_ps(q[o * M + j]);
+        }
+    }
+    let mut i = 0;
+    while i < vec_end {
+        let mut ev = [_mm256_setzero_ps(); M];
+        for (j, v) in ev.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
+        }
+        for (o, qo) in qv.iter().enumerate() {
+            let p = base.add(o * d + i);
+            let mut acc = _mm256_loadu_ps(p);
+            for (&qj, &evj) in qo.iter().zip(&ev) {
+                acc = _mm256_fmadd_ps(qj, evj, acc);
+            }
+            _mm256_storeu_ps(p, acc);
+        }
+        i += 8;
+    }
+    axpys_tail::<M>(group, q, sums, vec_end);
+}
+
+/// `sums[i] += Σ_j q[j] group[j * d + i]` (one output row, as [`axpys_by`]) and, in the same
+/// pass, `slot[j] = Σ_i next[j * d + i] y[i]` (the dot products of the next group, one row):
+/// the loads of `next` from memory overlap the arithmetic on `group`, which the previous
+/// pass brought into the cache.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn axpys_dots<const M: usize>(
+    group: &[f32],
+    q: &[f32],
+    next: &[f32],
+    y: &[f32],
+    slot: &mut [f32],
+    sums: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    assert!(q.len() == M && next.len() == M * d && y.len() == d && slot.len() == M);
+    assert!(sums.len() == d);
+    let vec_end = d - d % 8;
+    let (g, n, yp, out) = (group.as_ptr(), next.as_ptr(), y.as_ptr(), sums.as_mut_ptr());
+    let mut qv = [_mm256_setzero_ps(); M];
+    for (v, &qj) in qv.iter_mut().zip(q) {
+        *v = _mm256_set1_ps(qj);
+    }
+    let mut dot = [_mm256_setzero_ps(); M];
+    let mut i = 0;
+    while i < vec_end {
+        let yv = _mm256_loadu_ps(yp.add(i));
+        for (j, a) in dot.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(n.add(j * d + i)), yv, *a);
+        }
+        let mut acc = _mm256_loadu_ps(out.add(i));
+        for (j, &qj) in qv.iter().enumerate() {
+            acc = _mm256_fmadd_ps(qj, _mm256_loadu_ps(g.add(j * d + i)), acc);
+        }
+        _mm256_storeu_ps(out.add(i), acc);
+        i += 8;
+    }
+    axpys_tail::<M>(group, q, sums, vec_end);
+    for (j, &v) in dot.iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut total = lanes.iter().sum::<f32>();
+        for t in vec_end..d {
+            total += next[j * d + t] * y[t];
+        }
+        slot[j] = total;
+    }
+}
+
+/// The elements `from..d` of [`axpys_by`], one at a time.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn axpys_tail<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32], from: usize) {
+    let d = group.len() / M;
+    for t in from..d {
         for (o, qo) in q.chunks_exact(M).enumerate() {
             let dst = &mut sums[o * d + t];
             for (j, &qv) in qo.iter().enumerate() {
@@ -344,11 +504,11 @@ mod tests {
                     let w = f32s(&mut rng, outs * r);
                     let src: Vec<usize> = (0..outs).map(|o| o % rows).collect();
                     let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
-                    for par in [Par::Seq, Par::rayon(2), Par::rayon(3)] {
+                    for threads in [false, true, true] {
                         let mut p = vec![f32::NAN; rows * r];
                         let mut acc = vec![f32::NAN; outs * d];
                         crate::pool::install(|| {
-                            project_back(&e, d, &y, rows, &w, &src, &mut p, &mut acc, par)
+                            project_back(&e, d, &y, rows, &w, &src, &mut p, &mut acc, threads)
                         })
                         .unwrap();
                         check(&e, d, &y, &w, &src, &p, &acc);
@@ -357,8 +517,8 @@ mod tests {
                             Some((p0, acc0)) => {
                                 let bits =
                                     |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                                assert_eq!(bits(&p), bits(p0), "p {d} {r} {rows} {par:?}");
-                                assert_eq!(bits(&acc), bits(acc0), "acc {d} {r} {rows} {par:?}");
+                                assert_eq!(bits(&p), bits(p0), "p {d} {r} {rows} {threads}");
+                                assert_eq!(bits(&acc), bits(acc0), "acc {d} {r} {rows} {threads}");
                             }
                         }
                     }
