@@ -234,19 +234,33 @@ impl<'a, F: Real> Projected<'a, F> {
             .sum::<f64>()
             .sqrt();
         let unit = F::epsilon_impl().to_f64() / 2.0 * ROUNDING_FACTOR;
-        let mut q = try_vec(nslab * rows * r, zero, "the weighted projections")?;
+        // One slab weighs the projections in place; more copy them first.
+        let mut q = if nslab == 1 {
+            std::mem::take(&mut p)
+        } else {
+            try_vec(nslab * rows * r, zero, "the weighted projections")?
+        };
         let mut estimates = vec![0f64; nslab * rows];
+        // max |w_k| of each row of weights (one per slab when the levels are shared).
+        let w_maxes: Vec<Vec<f64>> = plan
+            .slabs
+            .iter()
+            .map(|slab| {
+                let max_abs = |w: &[f64]| w.iter().fold(0f64, |m, &v| m.max(v.abs()));
+                slab.w.chunks(r).map(max_abs).collect()
+            })
+            .collect();
         let weigh = |(row, (qr, est)): (usize, (&mut [F], &mut f64))| {
             let (s, i) = (row / rows, row % rows);
             let slab = &plan.slabs[s];
             let k = slab.index(i);
             let (a, b) = (slab.a[k], slab.b[k]);
             let w = &slab.w[k * r..(k + 1) * r];
-            let pr = &p[i * r..(i + 1) * r];
-            for ((qv, &pv), &wv) in qr.iter_mut().zip(pr).zip(w) {
-                *qv = pv * F::from_f64(wv);
+            if nslab > 1 {
+                qr.copy_from_slice(&p[i * r..(i + 1) * r]);
             }
-            let (on, p2, w_max) = weights_and_norms(pr, w, b);
+            let (on, p2) = weigh_row(qr, w, b);
+            let w_max = w_maxes[s][k];
             // ‖y‖² − ‖p‖² is the part of y off the modes, up to the rounding of p: only what
             // stands above that rounding counts towards the result's size.
             let yn = norms[i].l2;
@@ -400,30 +414,26 @@ fn centre_row<T: Element, F: Real>(x: &[T], mean: &[f32], c: F, y: &mut [F]) -> 
     }
 }
 
-/// For one row of projections `p` and its weights `w`: Σ ((w_k + b) p_k)², Σ p_k² and
-/// max |w_k|, in f64.
-fn weights_and_norms<F: Real>(p: &[F], w: &[f64], b: f64) -> (f64, f64, f64) {
-    let (mut on, mut p2, mut w_max) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
-    let mut add = |pc: &[F], wc: &[f64]| {
-        for (l, (&pv, &wv)) in pc.iter().zip(wc).enumerate() {
+/// For one row of projections `p` and its weights `w`: `p = p w` in place (rounded to `F`),
+/// and Σ ((w_k + b) p_k)² and Σ p_k² of the projections in f64.
+fn weigh_row<F: Real>(p: &mut [F], w: &[f64], b: f64) -> (f64, f64) {
+    let (mut on, mut p2) = ([0f64; LANES], [0f64; LANES]);
+    let mut add = |pc: &mut [F], wc: &[f64]| {
+        for (l, (pv, &wv)) in pc.iter_mut().zip(wc).enumerate() {
             let pf = pv.to_f64();
+            *pv = *pv * F::from_f64(wv);
             on[l] += ((wv + b) * pf).powi(2);
             p2[l] += pf * pf;
-            w_max[l] = w_max[l].max(wv.abs());
         }
     };
-    let mut ps = p.chunks_exact(LANES);
+    let mut ps = p.chunks_exact_mut(LANES);
     let mut ws = w.chunks_exact(LANES);
     for (pc, wc) in (&mut ps).zip(&mut ws) {
         add(pc, wc);
     }
-    add(ps.remainder(), ws.remainder());
+    add(ps.into_remainder(), ws.remainder());
     let total = |v: [f64; LANES]| v.iter().sum::<f64>();
-    (
-        total(on),
-        total(p2),
-        w_max.iter().fold(0f64, |a, &b| a.max(b)),
-    )
+    (total(on), total(p2))
 }
 
 /// Refuses a call whose intermediates could overflow `F`, or whose f32 output could overflow,

@@ -283,16 +283,20 @@ fn packed(
         "the blocked weights",
     )?;
     let qb = aligned(&mut qb, nblocks * panels * kb * BR);
-    for (c, block) in qb.chunks_mut(panels * kb * BR).enumerate() {
+    let copy_panel = |(n, panel): (usize, &mut [f32])| {
+        let (c, t) = (n / panels, n % panels);
         let kc = kb.min(r - c * kb);
-        for (t, panel) in block.chunks_mut(kb * BR).enumerate() {
-            for i in 0..BR.min(rows - t * BR) {
-                let src = &q[(t * BR + i) * r + c * kb..][..kc];
-                for (k, &v) in src.iter().enumerate() {
-                    panel[k * BR + i] = v;
-                }
+        for i in 0..BR.min(rows - t * BR) {
+            let src = &q[(t * BR + i) * r + c * kb..][..kc];
+            for (k, &v) in src.iter().enumerate() {
+                panel[k * BR + i] = v;
             }
         }
+    };
+    if par != Par::Seq && qb.len() >= 1 << 15 {
+        qb.par_chunks_mut(kb * BR).enumerate().for_each(copy_panel);
+    } else {
+        qb.chunks_mut(kb * BR).enumerate().for_each(copy_panel);
     }
     let ranges = ranges(d, BC, 8 * BC, par);
     let dst = Shared(out.as_mut_ptr());
