@@ -26,6 +26,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use super::cpu_rows::{centre_row, epilogue_row, weigh_row, RowNorms};
 use super::cpu_small;
 use crate::dtype::{Dtype, Element};
 use crate::error::{try_vec, Error, Result};
@@ -130,17 +131,6 @@ fn run_f64<T: Element>(model: &Model, plan: &Plan, x: &[T], out: &mut [T], par: 
         ));
     }
     f64_run.finish(model, plan, out)
-}
-
-/// Per-row measures of y = x - c mean.
-#[derive(Clone, Copy, Default)]
-struct RowNorms {
-    /// ‖y‖₂.
-    l2: f64,
-    /// max |y_i|.
-    max: f64,
-    /// First index of a NaN/Inf in the row of x.
-    bad: Option<usize>,
 }
 
 /// A call computed up to the weighted projections, in precision `F`.
@@ -316,9 +306,7 @@ impl<'a, F: Real> Projected<'a, F> {
             let slab = &plan.slabs[s];
             let k = slab.index(i);
             let (a, b) = (F::from_f64(slab.a[k]), F::from_f64(slab.b[k]));
-            for ((o, &yv), &m) in dst.iter_mut().zip(&y[i * d..(i + 1) * d]).zip(mean) {
-                *o += a * F::from_f64(f64::from(m)) + b * yv;
-            }
+            epilogue_row(dst, &y[i * d..(i + 1) * d], mean, a, b);
         };
 
         let fused = self.fused.as_deref().and_then(same::<f32, F>);
@@ -375,65 +363,6 @@ impl<'a, F: Real> Projected<'a, F> {
         }
         Ok(())
     }
-}
-
-/// Independent sums per row pass: one running f64 sum would make each element wait for the
-/// previous addition (its latency, not the arithmetic, set the time of these passes).
-const LANES: usize = 8;
-
-/// `y = x - c mean` for one row, and its measures (`bad`: the first NaN/Inf of `x` in the
-/// row). With a NaN/Inf in `x` the contents of `y` are unspecified.
-fn centre_row<T: Element, F: Real>(x: &[T], mean: &[f32], c: F, y: &mut [F]) -> RowNorms {
-    let (mut l2, mut max) = ([0f64; LANES], [0f64; LANES]);
-    let mut centre = |yc: &mut [F], xc: &[T], mc: &[f32]| {
-        for (l, ((yv, xv), &m)) in yc.iter_mut().zip(xc).zip(mc).enumerate() {
-            *yv = F::from_f64(f64::from(xv.to_f32())) - c * F::from_f64(f64::from(m));
-            let a = yv.to_f64().abs();
-            l2[l] += a * a;
-            max[l] = max[l].max(a);
-        }
-    };
-    let mut ys = y.chunks_exact_mut(LANES);
-    let mut xs = x.chunks_exact(LANES);
-    let mut ms = mean.chunks_exact(LANES);
-    for ((yc, xc), mc) in (&mut ys).zip(&mut xs).zip(&mut ms) {
-        centre(yc, xc, mc);
-    }
-    centre(ys.into_remainder(), xs.remainder(), ms.remainder());
-    let l2 = l2.iter().sum::<f64>();
-    // A finite row of x has a finite sum of squares in f64 (below 1e77 per element).
-    let bad = if l2.is_finite() {
-        None
-    } else {
-        x.iter().position(|v| !v.to_f32().is_finite())
-    };
-    RowNorms {
-        l2: l2.sqrt(),
-        max: max.iter().fold(0f64, |a, &b| a.max(b)),
-        bad,
-    }
-}
-
-/// For one row of projections `p` and its weights `w`: `p = p w` in place (rounded to `F`),
-/// and Σ ((w_k + b) p_k)² and Σ p_k² of the projections in f64.
-fn weigh_row<F: Real>(p: &mut [F], w: &[f64], b: f64) -> (f64, f64) {
-    let (mut on, mut p2) = ([0f64; LANES], [0f64; LANES]);
-    let mut add = |pc: &mut [F], wc: &[f64]| {
-        for (l, (pv, &wv)) in pc.iter_mut().zip(wc).enumerate() {
-            let pf = pv.to_f64();
-            *pv = *pv * F::from_f64(wv);
-            on[l] += ((wv + b) * pf).powi(2);
-            p2[l] += pf * pf;
-        }
-    };
-    let mut ps = p.chunks_exact_mut(LANES);
-    let mut ws = w.chunks_exact(LANES);
-    for (pc, wc) in (&mut ps).zip(&mut ws) {
-        add(pc, wc);
-    }
-    add(ps.into_remainder(), ws.remainder());
-    let total = |v: [f64; LANES]| v.iter().sum::<f64>();
-    (total(on), total(p2))
 }
 
 /// Refuses a call whose intermediates could overflow `F`, or whose f32 output could overflow,

@@ -7,6 +7,7 @@
 pub mod cpu;
 #[cfg(target_arch = "x86_64")]
 mod cpu_gemm;
+mod cpu_rows;
 mod cpu_small;
 #[cfg(feature = "cuda")]
 pub mod cuda;
