@@ -7,15 +7,19 @@
 //! - Back-projection `out = q e` (`rows x d`): a 6 x 16 block of outputs per kernel call,
 //!   from a broadcast of q and two 8-lane loads of a row of eigenvectors per mode.
 //!
+//! From `PACKED_ROWS` rows on, the projection runs on the back-projection's kernel too, with
+//! y in place of q and the eigenvectors copied transposed into its panels.
+//!
 //! Both run along their inner dimension in blocks (`KP`, `KC`), so that what a kernel call
 //! reads most stays in the first-level cache (four rows of y, or a `KC x 16` panel of
 //! eigenvectors) and what it streams in the second (a chunk of eigenvector rows, or a chunk
-//! of rows of q), and each kernel call is long enough to pay for its start and end. The rows
-//! of y and q are copied once per call into that blocked layout, padded with zeros to whole
-//! kernel blocks; the panels of eigenvectors of the back-projection are copied as they are
-//! used (row k of a panel is 16 contiguous floats, not a 64-byte piece of a row `d` floats
-//! long: at `d` a multiple of 1024 every such piece of a block would fall in the same cache
-//! set). The blocks are cut as evenly as whole 8-lane steps allow.
+//! of rows of q), and each kernel call is long enough to pay for its start and end. The dot
+//! products copy the rows of y once per call into that blocked layout, padded with zeros to
+//! whole kernel blocks; the 6 x 16 kernel reads its six rows of q (or y) in place, and the
+//! panels of eigenvectors are copied as they are used (row k of a panel is 16 contiguous
+//! floats, not a 64-byte piece of a row `d` floats long: at `d` a multiple of 1024 every such
+//! piece of a block would fall in the same cache set). The blocks are cut as evenly as whole
+//! 8-lane steps allow.
 //!
 //! Threads take blocks of modes (projection) or of columns (back-projection); each output
 //! element is summed by one thread, in the same order whatever the number of threads, so
@@ -31,8 +35,8 @@ use crate::error::{try_vec, Error, Result};
 const KC: usize = 256;
 const KP: usize = 1024;
 
-/// Row panels of q taken together over a strip of eigenvectors: their `KC` steps (96 KB)
-/// stay in the second-level cache while the panels of the strip pass over them.
+/// Row panels (six rows) of q taken together over a strip of eigenvectors: their `KC` steps
+/// (96 KB) stay in the second-level cache while the panels of the strip pass over them.
 const MP: usize = 16;
 
 /// Largest output of a back-projection job (bytes) taken whole for each block of modes:
@@ -260,7 +264,7 @@ pub(crate) fn back_project(
 }
 
 /// `out = a b` (`rows x n`) for row-major `a` (`rows x k`), with the 6 x 16 kernel: `a` is
-/// copied into row panels, `b` into panels of 16 columns by `pack(ks, s0, sw, kb, panels)`,
+/// read in place, six rows at a time, `b` copied into panels of 16 columns by `pack(ks, s0, sw, kb, panels)`,
 /// which fills panel j with steps ks (kb floats apart, 16 each) of columns s0 + 16j.. of b,
 /// zeros past column s0 + sw.
 fn packed(
@@ -276,28 +280,6 @@ fn packed(
     let panels = rows.div_ceil(BR);
     let kb = block_len(r, KC);
     let nblocks = r.div_ceil(kb);
-    // Block c, panel t of q: kb steps of BR values, q[t*BR + i][c*kb + k] at k*BR + i.
-    let mut qb = try_vec(
-        nblocks * panels * kb * BR + ALIGN,
-        0f32,
-        "the blocked weights",
-    )?;
-    let qb = aligned(&mut qb, nblocks * panels * kb * BR);
-    let copy_panel = |(n, panel): (usize, &mut [f32])| {
-        let (c, t) = (n / panels, n % panels);
-        let kc = kb.min(r - c * kb);
-        for i in 0..BR.min(rows - t * BR) {
-            let src = &q[(t * BR + i) * r + c * kb..][..kc];
-            for (k, &v) in src.iter().enumerate() {
-                panel[k * BR + i] = v;
-            }
-        }
-    };
-    if par != Par::Seq && qb.len() >= 1 << 15 {
-        qb.par_chunks_mut(kb * BR).enumerate().for_each(copy_panel);
-    } else {
-        qb.chunks_mut(kb * BR).enumerate().for_each(copy_panel);
-    }
     let ranges = ranges(d, BC, 8 * BC, par);
     let dst = Shared(out.as_mut_ptr());
     let job = |cols: std::ops::Range<usize>, panels_e: &mut [f32]| {
@@ -305,21 +287,22 @@ fn packed(
         let mut step = |s0: usize, c: usize| {
             let sw = NB.min(cols.end - s0);
             let (k0, kc) = (c * kb, kb.min(r - c * kb));
-            let block = &qb[c * panels * kb * BR..(c + 1) * panels * kb * BR];
             pack(k0..k0 + kc, s0, sw, kb, panels_e);
             for t0 in (0..panels).step_by(MP) {
                 for (j, j0) in (s0..s0 + sw).step_by(BC).enumerate() {
                     let w = BC.min(s0 + sw - j0);
                     let panel = &panels_e[j * kb * BC..(j + 1) * kb * BC];
                     for t in t0..(t0 + MP).min(panels) {
-                        let qs = &block[t * kb * BR..(t + 1) * kb * BR];
-                        // SAFETY: available() was asserted; `qs` and `panel` hold kc steps;
-                        // rows t*BR.. (at most `rows`) and columns j0..j0 + w of `out` exist
+                        let h = BR.min(rows - t * BR);
+                        // SAFETY: available() was asserted; rows t*BR..t*BR + h of `a` hold
+                        // columns k0..k0 + kc (k0 + kc <= r) and `panel` kc steps; rows
+                        // t*BR..t*BR + h and columns j0..j0 + w of `out` exist
                         // (j0 + w <= cols.end <= d); this job alone writes its columns.
                         unsafe {
-                            let sums = axpy_block(qs, panel, kc);
+                            let at_a = q.as_ptr().add(t * BR * r + k0);
+                            let sums = axpy_block(at_a, r, h, panel, kc);
                             let at = dst.at(t * BR * d + j0);
-                            store_tile(&sums, at, d, BR.min(rows - t * BR), w, c == 0);
+                            store_tile(&sums, at, d, h, w, c == 0);
                         }
                     }
                 }
@@ -562,18 +545,27 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// `sums[i][j] = Σ_k qs[k * BR + i] panel[k * BC + j]` over `kc` steps.
+/// `sums[i][j] = Σ_k a[i * lda + k] panel[k * BC + j]` over `kc` steps, for the `h <= BR`
+/// rows of `a` (row-major, rows `lda` floats apart, read in place); the sums of rows past
+/// `h` repeat row `h - 1`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_block(qs: &[f32], panel: &[f32], kc: usize) -> [[f32; BC]; BR] {
+unsafe fn axpy_block(
+    a: *const f32,
+    lda: usize,
+    h: usize,
+    panel: &[f32],
+    kc: usize,
+) -> [[f32; BC]; BR] {
     use std::arch::x86_64::*;
-    debug_assert!(qs.len() >= kc * BR && panel.len() >= kc * BC);
-    let (qp, bp) = (qs.as_ptr(), panel.as_ptr());
+    debug_assert!((1..=BR).contains(&h) && kc <= lda && panel.len() >= kc * BC);
+    let rows: [*const f32; BR] = std::array::from_fn(|i| a.add(i.min(h - 1) * lda));
+    let bp = panel.as_ptr();
     let mut acc = [[_mm256_setzero_ps(); 2]; BR];
     let step = |acc: &mut [[__m256; 2]; BR], k: usize| {
         let b0 = _mm256_loadu_ps(bp.add(k * BC));
         let b1 = _mm256_loadu_ps(bp.add(k * BC + 8));
-        for (i, a) in acc.iter_mut().enumerate() {
-            let qv = _mm256_broadcast_ss(&*qp.add(k * BR + i));
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            let qv = _mm256_broadcast_ss(&*row.add(k));
             a[0] = _mm256_fmadd_ps(qv, b0, a[0]);
             a[1] = _mm256_fmadd_ps(qv, b1, a[1]);
         }
