@@ -5,9 +5,12 @@
 //!   forms a 4 x 3 block of dot products, eight lanes of `dim` at a time, from four rows of y
 //!   and three rows of eigenvectors read in place (no copy of the eigenvectors).
 //! - Back-projection `out = q e` (`rows x d`): a 6 x 16 block of outputs per kernel call,
-//!   from a broadcast of q and two 8-lane loads of a row of eigenvectors per mode.
+//!   from a broadcast of q and two 8-lane loads of a row of eigenvectors per mode; where the
+//!   CPU has AVX-512, a 6 x 32 block from two 16-lane loads (the same sums in the same
+//!   order, so the same bits, at up to twice the multiply-adds per cycle on CPUs whose
+//!   AVX-512 units are full width).
 //!
-//! From `PACKED_ROWS` rows on, the projection runs on the back-projection's kernel too, with
+//! From `packed_rows()` rows on, the projection runs on the back-projection's kernel too, with
 //! y in place of q and the eigenvectors copied transposed into its panels.
 //!
 //! Both run along their inner dimension in blocks (`KP`, `KC`), so that what a kernel call
@@ -80,6 +83,12 @@ fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
 /// True when this CPU has the instructions of the kernels.
 pub(crate) fn available() -> bool {
     super::cpu_small::available()
+}
+
+/// True when this CPU also runs the 6 x 32 AVX-512 form of the back-projection kernel (on
+/// CPUs with full-width AVX-512 units, twice the multiply-adds per cycle).
+fn wide_available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
 }
 
 /// Splits `0..n` into ranges of a multiple of `unit` (at least `min`), about
@@ -162,10 +171,10 @@ pub(crate) fn project(
     p: &mut [f32],
     par: Par,
 ) -> Result<()> {
-    assert!(available() && d > 0 && e.len() % d == 0);
+    assert!(available() && d > 0 && e.len().is_multiple_of(d));
     let r = e.len() / d;
     assert!(y.len() == rows * d && p.len() == rows * r);
-    if rows < PACKED_ROWS {
+    if rows < packed_rows() {
         return project_dots(e, d, y, rows, p, par);
     }
     packed(y, rows, d, r, p, par, |ks, s0, sw, kb, panels| {
@@ -175,8 +184,17 @@ pub(crate) fn project(
     })
 }
 
-/// Fewest rows for which the projection copies the eigenvectors into transposed panels.
-const PACKED_ROWS: usize = 48;
+/// Fewest rows for which the projection copies the eigenvectors into transposed panels and
+/// runs on the 6 x 16 kernel: earlier with its AVX-512 form (measured at d = 784 to 12288:
+/// from 16 rows on it was 5 to 15 % faster than the dot products, with AVX2 alone from 48).
+/// Between the two, whether a CPU has AVX-512 changes the order of the projection's sums.
+fn packed_rows() -> usize {
+    if wide_available() {
+        16
+    } else {
+        48
+    }
+}
 
 /// The projection by dot products (see [`project`]).
 fn project_dots(
@@ -253,7 +271,7 @@ pub(crate) fn back_project(
     out: &mut [f32],
     par: Par,
 ) -> Result<()> {
-    assert!(available() && d > 0 && e.len() % d == 0);
+    assert!(available() && d > 0 && e.len().is_multiple_of(d));
     let r = e.len() / d;
     assert!(q.len() == rows * r && out.len() == rows * d);
     packed(q, rows, r, d, out, par, |ks, s0, sw, kb, panels| {
@@ -282,29 +300,44 @@ fn packed(
     let nblocks = r.div_ceil(kb);
     let ranges = ranges(d, BC, 8 * BC, par);
     let dst = Shared(out.as_mut_ptr());
+    let wide = wide_available();
     let job = |cols: std::ops::Range<usize>, panels_e: &mut [f32]| {
         // Block c of modes on the strip of columns s0..: every output row of the strip.
         let mut step = |s0: usize, c: usize| {
             let sw = NB.min(cols.end - s0);
             let (k0, kc) = (c * kb, kb.min(r - c * kb));
             pack(k0..k0 + kc, s0, sw, kb, panels_e);
+            let npanels = sw.div_ceil(BC);
             for t0 in (0..panels).step_by(MP) {
-                for (j, j0) in (s0..s0 + sw).step_by(BC).enumerate() {
-                    let w = BC.min(s0 + sw - j0);
-                    let panel = &panels_e[j * kb * BC..(j + 1) * kb * BC];
+                let mut j = 0;
+                while j < npanels {
+                    // Two panels at once where the CPU has AVX-512.
+                    let n = if wide && j + 1 < npanels { 2 } else { 1 };
+                    let j0 = s0 + j * BC;
+                    let w = (n * BC).min(s0 + sw - j0);
+                    let panel = |j: usize| &panels_e[j * kb * BC..(j + 1) * kb * BC];
                     for t in t0..(t0 + MP).min(panels) {
                         let h = BR.min(rows - t * BR);
-                        // SAFETY: available() was asserted; rows t*BR..t*BR + h of `a` hold
-                        // columns k0..k0 + kc (k0 + kc <= r) and `panel` kc steps; rows
-                        // t*BR..t*BR + h and columns j0..j0 + w of `out` exist
-                        // (j0 + w <= cols.end <= d); this job alone writes its columns.
+                        // SAFETY: available() was asserted, and AVX-512 where n is 2; rows
+                        // t*BR..t*BR + h of `a` hold columns k0..k0 + kc (k0 + kc <= r) and
+                        // each panel kc steps; rows t*BR..t*BR + h and columns j0..j0 + w of
+                        // `out` exist (j0 + w <= cols.end <= d); this job alone writes its
+                        // columns.
                         unsafe {
                             let at_a = q.as_ptr().add(t * BR * r + k0);
-                            let sums = axpy_block(at_a, r, h, panel, kc);
                             let at = dst.at(t * BR * d + j0);
-                            store_tile(&sums, at, d, h, w, c == 0);
+                            if n == 2 {
+                                let [left, right] =
+                                    axpy_block_wide(at_a, r, h, panel(j), panel(j + 1), kc);
+                                store_tile(&left, at, d, h, BC, c == 0);
+                                store_tile(&right, at.add(BC), d, h, w - BC, c == 0);
+                            } else {
+                                let sums = axpy_block(at_a, r, h, panel(j), kc);
+                                store_tile(&sums, at, d, h, w, c == 0);
+                            }
                         }
                     }
+                    j += n;
                 }
             }
         };
@@ -588,4 +621,97 @@ unsafe fn axpy_block(
         _mm256_storeu_ps(s.as_mut_ptr().add(8), a[1]);
     }
     sums
+}
+
+/// [`axpy_block`] on two panels side by side, with AVX-512: columns 0..16 of the result from
+/// `panel0`, 16..32 from `panel1`. Each output is the same chain of fused multiply-adds, in
+/// the same order, as in `axpy_block`: the two kernels give the same bits.
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_block_wide(
+    a: *const f32,
+    lda: usize,
+    h: usize,
+    panel0: &[f32],
+    panel1: &[f32],
+    kc: usize,
+) -> [[[f32; BC]; BR]; 2] {
+    use std::arch::x86_64::*;
+    debug_assert!((1..=BR).contains(&h) && kc <= lda);
+    debug_assert!(panel0.len() >= kc * BC && panel1.len() >= kc * BC);
+    let rows: [*const f32; BR] = std::array::from_fn(|i| a.add(i.min(h - 1) * lda));
+    let (p0, p1) = (panel0.as_ptr(), panel1.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 2]; BR];
+    let step = |acc: &mut [[__m512; 2]; BR], k: usize| {
+        let b0 = _mm512_loadu_ps(p0.add(k * BC));
+        let b1 = _mm512_loadu_ps(p1.add(k * BC));
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            let qv = _mm512_set1_ps(*row.add(k));
+            a[0] = _mm512_fmadd_ps(qv, b0, a[0]);
+            a[1] = _mm512_fmadd_ps(qv, b1, a[1]);
+        }
+    };
+    let mut k = 0;
+    while k + 4 <= kc {
+        step(&mut acc, k);
+        step(&mut acc, k + 1);
+        step(&mut acc, k + 2);
+        step(&mut acc, k + 3);
+        k += 4;
+    }
+    while k < kc {
+        step(&mut acc, k);
+        k += 1;
+    }
+    let mut sums = [[[0f32; BC]; BR]; 2];
+    for (i, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps(sums[0][i].as_mut_ptr(), a[0]);
+        _mm512_storeu_ps(sums[1][i].as_mut_ptr(), a[1]);
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The AVX-512 kernel gives the bits of the AVX2 kernel on each of its two panels: rows
+    /// read in place (every count up to six), step counts around the unrolling, values of
+    /// mixed sign and size.
+    #[test]
+    fn wide_kernel_gives_the_bits_of_the_narrow_one() {
+        if !available() || !wide_available() {
+            eprintln!("skipped: this CPU has no AVX-512 (the wide kernel is not used here)");
+            return;
+        }
+        let mut rng = Rng::new(11);
+        let mut normals = |n: usize| -> Vec<f32> {
+            rng.normals(n)
+                .iter()
+                .map(|&v| (v * 10f64.powf(v)) as f32)
+                .collect()
+        };
+        let lda = 300;
+        let a = normals(BR * lda);
+        for kc in [1, 3, 4, 5, 17, 256] {
+            let (p0, p1) = (normals(kc * BC), normals(kc * BC));
+            for h in 1..=BR {
+                for offset in [0, 7] {
+                    // SAFETY: AVX2/FMA and AVX-512 were checked; h rows of lda floats hold
+                    // offset + kc columns, each panel kc steps.
+                    let (wide, narrow) = unsafe {
+                        let at = a.as_ptr().add(offset);
+                        (
+                            axpy_block_wide(at, lda, h, &p0, &p1, kc),
+                            [
+                                axpy_block(at, lda, h, &p0, kc),
+                                axpy_block(at, lda, h, &p1, kc),
+                            ],
+                        )
+                    };
+                    assert!(wide == narrow, "kc {kc} h {h} offset {offset}");
+                }
+            }
+        }
+    }
 }
