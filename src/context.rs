@@ -351,7 +351,7 @@ impl Context {
         components: Option<&[u32]>,
     ) -> Result<()> {
         let d = model.dim();
-        if x.len() % d != 0 || x.is_empty() {
+        if !x.len().is_multiple_of(d) || x.is_empty() {
             return Err(Error::shape(
                 "x",
                 format!("a positive multiple of dim = {d}"),

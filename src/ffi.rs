@@ -199,7 +199,7 @@ pub(crate) fn slice<'a, T>(p: *const T, len: usize, arg: &'static str) -> Result
     if p.is_null() {
         return Err(Error::NullPointer { arg });
     }
-    if (p as usize) % std::mem::align_of::<T>() != 0 {
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::arg(
             arg,
             format!("is not aligned to {} bytes", std::mem::align_of::<T>()),

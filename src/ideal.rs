@@ -50,7 +50,7 @@ impl<T: Real> IdealDenoiser<T> {
         if dim == 0 {
             return Err(Error::arg("dim", "must be at least 1"));
         }
-        if data.is_empty() || data.len() % dim != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "data",
                 format!("a positive multiple of dim = {dim}"),
@@ -162,7 +162,7 @@ impl<T: Real> IdealDenoiser<T> {
     }
 
     fn check_rows(&self, x: &[T]) -> Result<usize> {
-        if x.is_empty() || x.len() % self.dim != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(self.dim) {
             return Err(Error::shape(
                 "x",
                 format!("a positive multiple of dim = {}", self.dim),

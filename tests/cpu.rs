@@ -43,7 +43,7 @@ fn orthogonal(rng: &mut Rng, n: usize) -> Vec<Vec<f64>> {
 /// instead of the O(d³) of Gram–Schmidt at d = 3072.
 fn orthonormal_rows(rng: &mut Rng, r: usize, d: usize) -> Vec<f32> {
     let a = (8..=d / 8)
-        .filter(|a| d % a == 0)
+        .filter(|a| d.is_multiple_of(*a))
         .min_by_key(|&a| (a as f64 - (d as f64).sqrt()).abs() as usize);
     let full: Box<dyn Fn(usize, usize) -> f64> = match a {
         Some(a) if d > 128 => {

@@ -548,7 +548,7 @@ pub fn calibrate<D: Denoiser<f32> + ?Sized>(
 ) -> Result<Calibration> {
     check_levels(levels, opts.sampler)?;
     let dim = model.dim();
-    if x_t.is_empty() || x_t.len() % dim != 0 {
+    if x_t.is_empty() || !x_t.len().is_multiple_of(dim) {
         return Err(Error::shape(
             "x_t",
             format!("a positive multiple of the model dimension {dim}"),

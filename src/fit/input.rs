@@ -450,7 +450,7 @@ pub fn is_csv(path: &Path) -> bool {
 /// for d = 3 s² (RGB, channel-major), otherwise `[dim]`.
 pub fn csv_item_shape(dim: usize) -> Vec<usize> {
     for c in [1, 3] {
-        if dim % c == 0 {
+        if dim.is_multiple_of(c) {
             let s = ((dim / c) as f64).sqrt().round() as usize;
             if s * s * c == dim {
                 return vec![c, s, s];

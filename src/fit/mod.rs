@@ -171,7 +171,7 @@ impl Moments {
     }
 
     fn check_rows<T: Copy + Into<f64>>(&self, rows: &[T]) -> Result<()> {
-        if self.dim == 0 || rows.len() % self.dim != 0 {
+        if self.dim == 0 || !rows.len().is_multiple_of(self.dim) {
             return Err(Error::shape(
                 "rows",
                 format!("a multiple of dim = {}", self.dim),

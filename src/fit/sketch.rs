@@ -353,7 +353,7 @@ impl Sketch {
     }
 
     fn check_rows<T: Copy + Into<f64>>(&self, rows: &[T]) -> Result<()> {
-        if rows.len() % self.dim != 0 {
+        if !rows.len().is_multiple_of(self.dim) {
             return Err(Error::shape(
                 "rows",
                 format!("a multiple of dim = {}", self.dim),
