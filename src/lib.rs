@@ -47,6 +47,7 @@ pub mod rng;
 mod rows;
 mod safetensors_header;
 pub mod sampler;
+mod simd;
 
 pub use backend::{KernelVersion, LaunchTimes, Splits};
 pub use context::{Context, Device, EigvecStorage};

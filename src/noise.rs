@@ -100,11 +100,17 @@ impl Noise {
         Ok(())
     }
 
+    /// Marginal variance along a direction of data variance `lambda`: alpha^2 lambda +
+    /// sigma^2 (inf or 0 where it overflows or underflows).
+    fn marginal_var(&self, lambda: f64) -> f64 {
+        self.alpha * self.alpha * lambda + self.sigma * self.sigma
+    }
+
     /// Marginal standard deviation along a direction of data variance `lambda`:
     /// sqrt(alpha^2 lambda + sigma^2).
     pub fn marginal_std(&self, lambda: f64) -> f64 {
-        let s2 = self.alpha * self.alpha * lambda + self.sigma * self.sigma;
-        if s2.is_finite() && s2 > 1e-280 {
+        let s2 = self.marginal_var(lambda);
+        if plain_var(s2) {
             s2.sqrt()
         } else {
             // Extreme (alpha, sigma): hypot, whose squares neither overflow nor underflow.
@@ -447,12 +453,7 @@ impl<'a> Op<'a> {
                 coeffs.a[row] = g.a();
                 coeffs.b[row] = gp;
                 coeffs.level[row] = g.target();
-                for (w, &l) in coeffs.w[row * rank..(row + 1) * rank]
-                    .iter_mut()
-                    .zip(eigvals)
-                {
-                    *w = g.gain(l) - gp;
-                }
+                g.weights(eigvals, gp, &mut coeffs.w[row * rank..(row + 1) * rank]);
             }
             plan.slabs.push(coeffs);
         }
@@ -498,6 +499,24 @@ impl<'a> Op<'a> {
     }
 }
 
+/// Whether a marginal variance is computed without overflow or loss to underflow: its
+/// square root and ratios with others like it need no rescaling.
+fn plain_var(s2: f64) -> bool {
+    s2.is_finite() && s2 > 1e-280
+}
+
+/// The skip gain s_t / s_s of a direction of variance `lambda`: sqrt(s_t^2 / s_s^2) (one
+/// rounding fewer than the ratio of the roots) where both variances are plain, otherwise the
+/// ratio of the rescaled roots.
+fn skip_gain(from: Noise, to: Noise, lambda: f64) -> f64 {
+    let (num, den) = (to.marginal_var(lambda), from.marginal_var(lambda));
+    if plain_var(num) && plain_var(den) {
+        (num / den).sqrt()
+    } else {
+        to.marginal_std(lambda) / from.marginal_std(lambda)
+    }
+}
+
 /// The variances that bound every coefficient of an operation (see [`RowGains::check`]).
 struct Spectrum {
     first: f64,
@@ -523,11 +542,34 @@ impl RowGains {
     /// Gain of a direction of variance `lambda`.
     fn gain(&self, lambda: f64) -> f64 {
         match *self {
-            RowGains::Skip { from, to } => to.marginal_std(lambda) / from.marginal_std(lambda),
+            RowGains::Skip { from, to } => skip_gain(from, to, lambda),
             RowGains::Denoise { at } => at.denoise_gain(lambda),
-            RowGains::X0 { from, to } => {
-                to.denoise_gain(lambda) * (to.marginal_std(lambda) / from.marginal_std(lambda))
+            RowGains::X0 { from, to } => to.denoise_gain(lambda) * skip_gain(from, to, lambda),
+        }
+    }
+
+    /// `out[k] = gain(eigvals[k]) - shift` for variances sorted in non-increasing order
+    /// (non-negative, finite). A skip whose marginal variances are plain at both ends of the
+    /// spectrum has them plain at every mode (each is monotone in lambda, and so is its
+    /// rounding): its loop has no branch, so the compiler vectorises its divisions and roots.
+    fn weights(&self, eigvals: &[f64], shift: f64, out: &mut [f64]) {
+        if let RowGains::Skip { from, to } = *self {
+            let plain_at =
+                |l: f64| plain_var(to.marginal_var(l)) && plain_var(from.marginal_var(l));
+            let ends = eigvals.first().zip(eigvals.last());
+            if ends.is_some_and(|(&first, &last)| plain_at(first) && plain_at(last)) {
+                return crate::simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (w, &l) in out.iter_mut().zip(eigvals) {
+                            *w = (to.marginal_var(l) / from.marginal_var(l)).sqrt() - shift;
+                        }
+                    },
+                );
             }
+        }
+        for (w, &l) in out.iter_mut().zip(eigvals) {
+            *w = self.gain(l) - shift;
         }
     }
 
@@ -647,4 +689,46 @@ pub fn score_from_denoised(x: &[f64], denoised: &[f64], at: Noise) -> Result<Vec
     let mut e = eps_from_denoised(x, denoised, at)?;
     e.iter_mut().for_each(|v| *v = -*v / at.sigma);
     Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The skip weights of a whole spectrum: where both ends are plain, the branch-free loop
+    /// gives the bits of the gain mode by mode; at levels whose variances overflow or
+    /// underflow (1e-200, 1e200) it falls back to the rescaled roots, finite and within a few
+    /// roundings of the ratio computed in logarithms.
+    #[test]
+    fn skip_weights_match_the_gain_of_each_mode() {
+        let eigvals: Vec<f64> = (0..37)
+            .map(|k| 10f64.powf(3.0 - k as f64 * 0.4))
+            .chain([0.0])
+            .collect();
+        let levels = [
+            (Noise::new(1.0, 80.0), Noise::new(1.0, 19.4)),
+            (Noise::new(0.3, 0.95), Noise::new(0.9, 0.43)),
+            (Noise::new(1.0, 1e-6), Noise::new(1.0, 1e6)),
+            (Noise::new(1.0, 1e-200), Noise::new(1.0, 10.0)),
+            (Noise::new(1e-150, 1e200), Noise::new(1.0, 1e-3)),
+        ];
+        for (from, to) in levels {
+            let g = RowGains::Skip { from, to };
+            let mut w = vec![f64::NAN; eigvals.len()];
+            g.weights(&eigvals, 0.25, &mut w);
+            for (&wk, &l) in w.iter().zip(&eigvals) {
+                assert_eq!(wk, g.gain(l) - 0.25, "{from:?} -> {to:?} at {l}");
+                let log_var = |n: Noise| {
+                    let (a, b) = (2.0 * n.alpha.ln() + l.ln(), 2.0 * n.sigma.ln());
+                    a.max(b) + (a.min(b) - a.max(b)).exp().ln_1p()
+                };
+                let want = (0.5 * (log_var(to) - log_var(from))).exp();
+                let got = g.gain(l);
+                assert!(
+                    got.is_finite() && (got - want).abs() <= 1e-13 * want,
+                    "{from:?} -> {to:?} at {l}: {got} vs {want}"
+                );
+            }
+        }
+    }
 }

@@ -2,13 +2,11 @@
 //! the projections (with their sums), and the epilogue `out += a mean + b y`.
 //!
 //! Each pass is written once, as plain loops over fixed-width chunks with independent f64
-//! sums per lane, and compiled twice: for the baseline target and, where the CPU has AVX2,
-//! with it enabled (four f64 or eight f32 lanes per instruction instead of two and four). The
-//! two compilations give the same bits: the arithmetic is the same, element by element, and
-//! neither contracts a multiply and an add into one rounding.
+//! sums per lane, and compiled also with AVX2 ([`crate::simd::dispatch`]).
 
 use crate::dtype::Element;
 use crate::sampler::Real;
+use crate::simd::dispatch;
 
 /// Independent sums per row pass: one running f64 sum would make each element wait for the
 /// previous addition (its latency, not the arithmetic, sets the time of these passes).
@@ -23,36 +21,6 @@ pub(super) struct RowNorms {
     pub max: f64,
     /// First index of a NaN/Inf in the row of x.
     pub bad: Option<usize>,
-}
-
-/// Whether this CPU runs the AVX2 compilation of the passes.
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `body` compiled with AVX2 enabled.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
-    body()
-}
-
-/// Runs `body` in its AVX2 compilation where the CPU has AVX2.
-#[inline(always)]
-fn dispatch<R>(body: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { with_avx2(body) };
-    }
-    body()
 }
 
 /// `y = x - c mean` for one row, and its measures (`bad`: the first NaN/Inf of `x` in the
