@@ -578,6 +578,23 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Runs `step(k)` for k in `0..n` in order, four calls per loop test.
+#[inline(always)]
+fn by_fours(n: usize, mut step: impl FnMut(usize)) {
+    let mut k = 0;
+    while k + 4 <= n {
+        step(k);
+        step(k + 1);
+        step(k + 2);
+        step(k + 3);
+        k += 4;
+    }
+    while k < n {
+        step(k);
+        k += 1;
+    }
+}
+
 /// `sums[i][j] = Σ_k a[i * lda + k] panel[k * BC + j]` over `kc` steps, for the `h <= BR`
 /// rows of `a` (row-major, rows `lda` floats apart, read in place); the sums of rows past
 /// `h` repeat row `h - 1`.
@@ -603,18 +620,7 @@ unsafe fn axpy_block(
             a[1] = _mm256_fmadd_ps(qv, b1, a[1]);
         }
     };
-    let mut k = 0;
-    while k + 4 <= kc {
-        step(&mut acc, k);
-        step(&mut acc, k + 1);
-        step(&mut acc, k + 2);
-        step(&mut acc, k + 3);
-        k += 4;
-    }
-    while k < kc {
-        step(&mut acc, k);
-        k += 1;
-    }
+    by_fours(kc, |k| step(&mut acc, k));
     let mut sums = [[0f32; BC]; BR];
     for (s, a) in sums.iter_mut().zip(&acc) {
         _mm256_storeu_ps(s.as_mut_ptr(), a[0]);
@@ -650,18 +656,7 @@ unsafe fn axpy_block_wide(
             a[1] = _mm512_fmadd_ps(qv, b1, a[1]);
         }
     };
-    let mut k = 0;
-    while k + 4 <= kc {
-        step(&mut acc, k);
-        step(&mut acc, k + 1);
-        step(&mut acc, k + 2);
-        step(&mut acc, k + 3);
-        k += 4;
-    }
-    while k < kc {
-        step(&mut acc, k);
-        k += 1;
-    }
+    by_fours(kc, |k| step(&mut acc, k));
     let mut sums = [[[0f32; BC]; BR]; 2];
     for (i, a) in acc.iter().enumerate() {
         _mm512_storeu_ps(sums[0][i].as_mut_ptr(), a[0]);

@@ -345,33 +345,12 @@ unsafe fn dots_one<const M: usize>(group: &[f32], y: &[f32], slot: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn axpys_by<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
-    match q.len() / M {
-        1 => return axpys_held::<M, 1>(group, q, sums),
-        2 => return axpys_held::<M, 2>(group, q, sums),
-        _ => {}
-    }
     use std::arch::x86_64::*;
-    let d = group.len() / M;
-    let outs = q.len() / M;
-    let vec_end = d - d % 8;
-    let base = sums.as_mut_ptr();
-    let mut i = 0;
-    while i < vec_end {
-        let mut ev = [_mm256_setzero_ps(); M];
-        for (j, v) in ev.iter_mut().enumerate() {
-            *v = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
-        }
-        for (o, qo) in q.chunks_exact(M).enumerate().take(outs) {
-            let p = base.add(o * d + i);
-            let mut acc = _mm256_loadu_ps(p);
-            for (&qv, &evj) in qo.iter().zip(&ev) {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(qv), evj, acc);
-            }
-            _mm256_storeu_ps(p, acc);
-        }
-        i += 8;
+    match q.len() / M {
+        1 => axpys_held::<M, 1>(group, q, sums),
+        2 => axpys_held::<M, 2>(group, q, sums),
+        outs => axpys_with::<M>(group, q, sums, outs, |o, j| _mm256_set1_ps(q[o * M + j])),
     }
-    axpys_tail::<M>(group, q, sums, vec_end);
 }
 
 /// [`axpys_by`] for `O` output rows, their weights broadcast once into registers.
@@ -380,26 +359,42 @@ unsafe fn axpys_by<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
 #[inline]
 unsafe fn axpys_held<const M: usize, const O: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
     use std::arch::x86_64::*;
-    let d = group.len() / M;
-    let vec_end = d - d % 8;
-    let base = sums.as_mut_ptr();
     let mut qv = [[_mm256_setzero_ps(); M]; O];
     for (o, row) in qv.iter_mut().enumerate() {
         for (j, v) in row.iter_mut().enumerate() {
             *v = _mm256_set1_ps(q[o * M + j]);
         }
     }
+    axpys_with::<M>(group, q, sums, O, |o, j| qv[o][j]);
+}
+
+/// The loop of [`axpys_by`] over `outs` output rows, `weight(o, j)` the broadcast weight of
+/// output row o for group row j.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn axpys_with<const M: usize>(
+    group: &[f32],
+    q: &[f32],
+    sums: &mut [f32],
+    outs: usize,
+    weight: impl Fn(usize, usize) -> std::arch::x86_64::__m256,
+) {
+    use std::arch::x86_64::*;
+    let d = group.len() / M;
+    let vec_end = d - d % 8;
+    let base = sums.as_mut_ptr();
     let mut i = 0;
     while i < vec_end {
         let mut ev = [_mm256_setzero_ps(); M];
         for (j, v) in ev.iter_mut().enumerate() {
             *v = _mm256_loadu_ps(group.as_ptr().add(j * d + i));
         }
-        for (o, qo) in qv.iter().enumerate() {
+        for o in 0..outs {
             let p = base.add(o * d + i);
             let mut acc = _mm256_loadu_ps(p);
-            for (&qj, &evj) in qo.iter().zip(&ev) {
-                acc = _mm256_fmadd_ps(qj, evj, acc);
+            for (j, &evj) in ev.iter().enumerate() {
+                acc = _mm256_fmadd_ps(weight(o, j), evj, acc);
             }
             _mm256_storeu_ps(p, acc);
         }
