@@ -5,15 +5,9 @@
 //! the same bits.
 
 /// Whether this CPU runs the AVX2 compilation.
+#[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::is_x86_feature_detected!("avx2")
 }
 
 /// `body` compiled with AVX2 enabled.
