@@ -198,7 +198,8 @@ impl<'a, F: Real> Projected<'a, F> {
         if let Some(index) = norms.iter().filter_map(|n| n.bad).min() {
             return Err(Error::NonFinite { arg: "x", index });
         }
-        check_range::<F>(model, plan, &norms, dtype)?;
+        let w_maxes = w_maxes(plan);
+        check_range::<F>(model, plan, &norms, &w_maxes, dtype)?;
 
         let eigvecs = match same::<f32, F>(model.eigvecs()) {
             Some(e) => Eigvecs::Borrowed(e),
@@ -231,15 +232,6 @@ impl<'a, F: Real> Projected<'a, F> {
             try_vec(nslab * rows * r, zero, "the weighted projections")?
         };
         let mut estimates = vec![0f64; nslab * rows];
-        // max |w_k| of each row of weights (one per slab when the levels are shared).
-        let w_maxes: Vec<Vec<f64>> = plan
-            .slabs
-            .iter()
-            .map(|slab| {
-                let max_abs = |w: &[f64]| w.iter().fold(0f64, |m, &v| m.max(v.abs()));
-                slab.w.chunks(r).map(max_abs).collect()
-            })
-            .collect();
         let weigh = |(row, (qr, est)): (usize, (&mut [F], &mut f64))| {
             let (s, i) = (row / rows, row % rows);
             let slab = &plan.slabs[s];
@@ -365,12 +357,23 @@ impl<'a, F: Real> Projected<'a, F> {
     }
 }
 
+/// max |w_k| of each row of weights of each slab (one row per slab when the levels are
+/// shared), for the overflow bounds and the rounding estimate.
+fn w_maxes(plan: &Plan) -> Vec<Vec<f64>> {
+    let max_abs = |w: &[f64]| w.iter().fold(0f64, |m, &v| m.max(v.abs()));
+    plan.slabs
+        .iter()
+        .map(|slab| slab.w.chunks(plan.rank).map(max_abs).collect())
+        .collect()
+}
+
 /// Refuses a call whose intermediates could overflow `F`, or whose f32 output could overflow,
 /// from the row norms and the coefficients (see the module documentation).
 fn check_range<F: Real>(
     model: &Model,
     plan: &Plan,
     norms: &[RowNorms],
+    w_maxes: &[Vec<f64>],
     dtype: Dtype,
 ) -> Result<()> {
     let f_max = F::max_positive_impl().to_f64() / 2.0;
@@ -378,13 +381,7 @@ fn check_range<F: Real>(
         .mean()
         .iter()
         .fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-    let r = plan.rank;
-    for (s, slab) in plan.slabs.iter().enumerate() {
-        let w_max: Vec<f64> = slab
-            .w
-            .chunks(r)
-            .map(|w| w.iter().fold(0f64, |m, &v| m.max(v.abs())))
-            .collect();
+    for (s, (slab, w_max)) in plan.slabs.iter().zip(w_maxes).enumerate() {
         for (i, n) in norms.iter().enumerate() {
             let k = slab.index(i);
             // U^T y and U (w .* U^T y), and every partial sum of them, stay below these.
