@@ -287,15 +287,30 @@ unsafe fn dots<const R: usize, const M: usize>(group: &[f32], y: &[f32], slot: &
     }
     for (b, a) in acc.iter().enumerate() {
         for (j, &v) in a.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-            let mut total = lanes.iter().sum::<f32>();
-            for t in vec_end..d {
-                total += group[j * d + t] * y[b * d + t];
-            }
-            slot[j * R + b] = total;
+            let (e_row, y_row) = (&group[j * d..(j + 1) * d], &y[b * d..(b + 1) * d]);
+            slot[j * R + b] = finish_dot(v, e_row, y_row, vec_end);
         }
     }
+}
+
+/// A dot product from its eight lanes `v` (summed in lane order) and the elements `from..`
+/// of `e_row` and `y_row` past them, one at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn finish_dot(
+    v: std::arch::x86_64::__m256,
+    e_row: &[f32],
+    y_row: &[f32],
+    from: usize,
+) -> f32 {
+    let mut lanes = [0f32; 8];
+    std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), v);
+    let mut total = lanes.iter().sum::<f32>();
+    for (&e, &y) in e_row[from..].iter().zip(&y_row[from..]) {
+        total += e * y;
+    }
+    total
 }
 
 /// [`dots`] for one row of `y`: two accumulators per mode, for enough independent chains of
@@ -328,13 +343,8 @@ unsafe fn dots_one<const M: usize>(group: &[f32], y: &[f32], slot: &mut [f32]) {
         i += 8;
     }
     for j in 0..M {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0][j], acc[1][j]));
-        let mut total = lanes.iter().sum::<f32>();
-        for t in i..d {
-            total += group[j * d + t] * y[t];
-        }
-        slot[j] = total;
+        let v = _mm256_add_ps(acc[0][j], acc[1][j]);
+        slot[j] = finish_dot(v, &group[j * d..(j + 1) * d], y, i);
     }
 }
 
@@ -444,13 +454,7 @@ unsafe fn axpys_dots<const M: usize>(
     }
     axpys_tail::<M>(group, q, sums, vec_end);
     for (j, &v) in dot.iter().enumerate() {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-        let mut total = lanes.iter().sum::<f32>();
-        for t in vec_end..d {
-            total += next[j * d + t] * y[t];
-        }
-        slot[j] = total;
+        slot[j] = finish_dot(v, &next[j * d..(j + 1) * d], y, vec_end);
     }
 }
 
