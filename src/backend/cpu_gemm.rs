@@ -282,9 +282,9 @@ pub(crate) fn back_project(
 }
 
 /// `out = a b` (`rows x n`) for row-major `a` (`rows x k`), with the 6 x 16 kernel: `a` is
-/// read in place, six rows at a time, `b` copied into panels of 16 columns by `pack(ks, s0, sw, kb, panels)`,
-/// which fills panel j with steps ks (kb floats apart, 16 each) of columns s0 + 16j.. of b,
-/// zeros past column s0 + sw.
+/// read in place, six rows at a time, `b` copied into panels of 16 columns by
+/// `pack(ks, s0, sw, kb, panels)`, which fills panel j with steps ks (kb floats apart, 16
+/// each) of columns s0 + 16j.. of b, zeros past column s0 + sw.
 fn packed(
     a: &[f32],
     rows: usize,
