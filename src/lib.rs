@@ -26,6 +26,7 @@
 //! [`reference`] is the f64 oracle. The CPU path computes in f32 and stays within a relative
 //! error ‖out − ref‖/‖ref‖ ≤ 1e-5 of it.
 
+mod aligned;
 pub mod backend;
 pub mod calibrate;
 pub mod context;

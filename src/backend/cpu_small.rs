@@ -84,6 +84,35 @@ pub(crate) fn project_back(
     acc: &mut [f32],
     threads: bool,
 ) -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    let wide = super::cpu_small_wide::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    let run = Run { threads, wide };
+    project_back_with(e, d, y, rows, w, src, p, acc, run)
+}
+
+/// How [`project_back`] runs: sharing its blocks with the pool, and with the AVX-512 form of
+/// the one-row kernels.
+#[derive(Clone, Copy)]
+struct Run {
+    threads: bool,
+    wide: bool,
+}
+
+/// [`project_back`] with the kernels chosen by `run` (`run.wide` needs AVX-512F).
+#[allow(clippy::too_many_arguments)]
+fn project_back_with(
+    e: &[f32],
+    d: usize,
+    y: &[f32],
+    rows: usize,
+    w: &[f32],
+    src: &[usize],
+    p: &mut [f32],
+    acc: &mut [f32],
+    run: Run,
+) -> Result<()> {
     let r = e.len() / d;
     let outs = src.len();
     assert!(rows <= MAX_ROWS && outs <= MAX_OUTS && available());
@@ -91,17 +120,20 @@ pub(crate) fn project_back(
     assert!(acc.len() == outs * d && src.iter().all(|&s| s < rows));
     let parts = parts(r);
     // Every block sums into its own partial output, added in block order afterwards. The
-    // partials and a copy of `y` start at set distances from `e` modulo a page (`placed`).
+    // partials and a copy of `y` start at set distances from `e` modulo a page.
     let stride = (outs * d).next_multiple_of(PAGE / 4);
-    let (mut partials, start) = placed(parts * stride, e, SUMS_OFFSET, "the partial outputs")?;
-    let (mut y_copy, y_start) = placed(rows * d, e, Y_OFFSET, "a copy of the rows")?;
-    let y_placed = &mut y_copy[y_start..y_start + rows * d];
+    let mut scratch = Scratch::take(rows * d + parts * stride + 2 * (PAGE / 4))?;
+    let buf = scratch.get();
+    let y_start = place(buf, 0, e, Y_OFFSET);
+    let sums_start = place(buf, y_start + rows * d, e, SUMS_OFFSET);
+    let (head, partials) = buf.split_at_mut(sums_start);
+    let y_placed = &mut head[y_start..y_start + rows * d];
     y_placed.copy_from_slice(y);
     let y = &*y_placed;
     let mut pt = vec![0f32; r * rows];
     let block_len = r.div_ceil(parts);
     // One lock per block, each taken once: the blocks' slices go to whichever thread runs them.
-    let jobs: Vec<Mutex<(&mut [f32], &mut [f32])>> = partials[start..]
+    let jobs: Vec<Mutex<(&mut [f32], &mut [f32])>> = partials
         .chunks_mut(stride)
         .take(parts)
         .map(|c| &mut c[..outs * d])
@@ -111,11 +143,27 @@ pub(crate) fn project_back(
     let run_block = |b: usize| {
         let mut job = jobs[b].lock().unwrap_or_else(|e| e.into_inner());
         let (sums, pts) = &mut *job;
-        // SAFETY: `available()` was asserted; the sizes of every slice were checked above
-        // (`pts` holds `rows` values per mode of the block, `sums` `outs` rows of `d`).
-        unsafe { block(e, d, y, rows, w, src, block_modes(r, b), pts, sums) };
+        // Zeroed by the thread that sums into it: its lines stay in that core's cache.
+        sums.fill(0.0);
+        // SAFETY: `available()` was asserted and `run.wide` is set only with AVX-512F; the
+        // sizes of every slice were checked above (`pts` holds `rows` values per mode of the
+        // block, `sums` `outs` rows of `d`).
+        unsafe {
+            block(
+                e,
+                d,
+                y,
+                rows,
+                w,
+                src,
+                block_modes(r, b),
+                pts,
+                sums,
+                run.wide,
+            )
+        };
     };
-    if threads {
+    if run.threads {
         crate::pool::share(parts, run_block);
     } else {
         (0..parts).for_each(run_block);
@@ -126,7 +174,7 @@ pub(crate) fn project_back(
             p[b * r + k] = v;
         }
     }
-    add_partials(acc, &partials[start..], stride, parts, threads);
+    add_partials(acc, partials, stride, parts, run.threads);
     Ok(())
 }
 
@@ -142,39 +190,100 @@ const PAGE: usize = 4096;
 const Y_OFFSET: usize = 1024;
 const SUMS_OFFSET: usize = 2048;
 
-/// A zeroed buffer with an index `start` such that `start..start + len` lies `offset` bytes
-/// after `near` modulo a page.
-fn placed(len: usize, near: &[f32], offset: usize, what: &str) -> Result<(Vec<f32>, usize)> {
-    let buf = try_vec(len + PAGE / 4, 0f32, what)?;
+/// The first index from `from` of `buf` that lies `offset` bytes after `near` modulo a page
+/// (at most `PAGE / 4 - 1` past `from`).
+fn place(buf: &[f32], from: usize, near: &[f32], offset: usize) -> usize {
+    let at = buf.as_ptr() as usize + from * 4;
     let want = (near.as_ptr() as usize + offset) % PAGE;
-    let start = (want + PAGE - buf.as_ptr() as usize % PAGE) % PAGE / 4;
-    Ok((buf, start))
+    from + (want + PAGE - at % PAGE) % PAGE / 4
+}
+
+/// Largest scratch (in floats, 4 MB) a thread keeps from call to call; a call that needs
+/// more allocates its own.
+const KEEP_SCRATCH: usize = 1 << 20;
+
+thread_local! {
+    /// The calling thread's scratch, kept between calls: without it every call allocated
+    /// and zeroed the partial outputs (200 KB at d = 3072), and the allocator handed fresh
+    /// pages back to the system and took them again (page faults at every call).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The thread's scratch for one call, given back when dropped.
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// At least `len` floats (their values are left over from earlier calls).
+    fn take(len: usize) -> Result<Scratch> {
+        let mut buf = SCRATCH.take();
+        if buf.len() < len {
+            buf = try_vec(len, 0f32, "the partial outputs")?;
+        }
+        Ok(Scratch(buf))
+    }
+
+    fn get(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.len() <= KEEP_SCRATCH {
+            SCRATCH.set(std::mem::take(&mut self.0));
+        }
+    }
 }
 
 /// `acc = partial_0 + partial_1 + ...`, element by element in block order; partial `b` starts
-/// at `b * stride` of `partials` and has the length of `acc`.
+/// at `b * stride` of `partials` and has the length of `acc`. With `threads`, the pool's
+/// threads take pieces of 1024 columns too.
 fn add_partials(acc: &mut [f32], partials: &[f32], stride: usize, parts: usize, threads: bool) {
-    let n = acc.len();
-    const CHUNK: usize = 1 << 12;
+    const PIECE: usize = 1 << 10;
+    debug_assert!(acc.len() <= stride && partials.len() >= (parts - 1) * stride + acc.len());
     let add = |c: usize, dst: &mut [f32]| {
-        let span = c * CHUNK..c * CHUNK + dst.len();
-        dst.copy_from_slice(&partials[span.clone()]);
-        for part in partials.chunks(stride).take(parts).skip(1) {
-            for (a, &v) in dst.iter_mut().zip(&part[span.clone()]) {
-                *a += v;
-            }
-        }
+        crate::simd::dispatch(|| sum_in_order(dst, partials, c * PIECE, stride, parts));
     };
-    debug_assert!(n <= stride && partials.len() >= (parts - 1) * stride + n);
-    if threads && n > CHUNK {
-        let chunks: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(CHUNK).map(Mutex::new).collect();
-        crate::pool::share(chunks.len(), |c| {
-            add(c, &mut chunks[c].lock().unwrap_or_else(|e| e.into_inner()));
+    if threads && acc.len() > PIECE {
+        let pieces: Vec<Mutex<&mut [f32]>> = acc.chunks_mut(PIECE).map(Mutex::new).collect();
+        crate::pool::share(pieces.len(), |c| {
+            add(c, &mut pieces[c].lock().unwrap_or_else(|e| e.into_inner()));
         });
     } else {
-        acc.chunks_mut(CHUNK)
+        acc.chunks_mut(PIECE)
             .enumerate()
             .for_each(|(c, dst)| add(c, dst));
+    }
+}
+
+/// `dst[i] = partials[from + i] + partials[stride + from + i] + ...` over `parts` partials, in
+/// that order; 64 columns at a time, their sums held in registers.
+#[inline(always)]
+fn sum_in_order(dst: &mut [f32], partials: &[f32], from: usize, stride: usize, parts: usize) {
+    const COLS: usize = 64;
+    let n = dst.len();
+    let whole = n - n % COLS;
+    for (i, out) in dst[..whole].chunks_exact_mut(COLS).enumerate() {
+        let at = from + i * COLS;
+        let mut sums = [0f32; COLS];
+        sums.copy_from_slice(&partials[at..at + COLS]);
+        for b in 1..parts {
+            let part = &partials[b * stride + at..b * stride + at + COLS];
+            for (s, &v) in sums.iter_mut().zip(part) {
+                *s += v;
+            }
+        }
+        out.copy_from_slice(&sums);
+    }
+    for (i, out) in dst.iter_mut().enumerate().skip(whole) {
+        *out = (0..parts).fold(0f32, |s, b| {
+            let v = partials[b * stride + from + i];
+            if b == 0 {
+                v
+            } else {
+                s + v
+            }
+        });
     }
 }
 
@@ -185,7 +294,7 @@ const GROUP: usize = 4;
 
 /// One block of modes, `GROUP` at a time (single modes at the end): their projections
 /// `pts[(k - k0) * rows + b]`, then `sums[o] += Σ_k w[o][k] pts[src[o]] u_k` while the rows
-/// u_k are still in the cache.
+/// u_k are still in the cache. One row with one output goes to [`block_one`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -199,27 +308,28 @@ unsafe fn block(
     modes: std::ops::Range<usize>,
     pts: &mut [f32],
     sums: &mut [f32],
+    wide: bool,
 ) {
+    if rows == 1 && src.len() == 1 {
+        return block_one(e, d, y, w, modes, pts, sums, wide);
+    }
     let r = e.len() / d;
     let (k0, end) = (modes.start, modes.end);
     let outs = src.len();
     let mut q = [0f32; MAX_OUTS * GROUP];
     let mut k = k0;
-    // Whether the projections of the group at `k` were computed with the previous group.
-    let mut ready = false;
     while k < end {
         let m = if end - k >= GROUP { GROUP } else { 1 };
         let group = &e[k * d..(k + m) * d];
         let slot = &mut pts[(k - k0) * rows..(k - k0 + m) * rows];
-        match (ready, rows, m) {
-            (true, _, _) => {}
-            (_, 1, GROUP) => dots_one::<GROUP>(group, y, slot),
-            (_, 2, GROUP) => dots::<2, GROUP>(group, y, slot),
-            (_, 3, GROUP) => dots::<3, GROUP>(group, y, slot),
-            (_, _, GROUP) => dots::<4, GROUP>(group, y, slot),
-            (_, 1, _) => dots::<1, 1>(group, y, slot),
-            (_, 2, _) => dots::<2, 1>(group, y, slot),
-            (_, 3, _) => dots::<3, 1>(group, y, slot),
+        match (rows, m) {
+            (1, GROUP) => dots_one::<GROUP>(group, y, slot),
+            (2, GROUP) => dots::<2, GROUP>(group, y, slot),
+            (3, GROUP) => dots::<3, GROUP>(group, y, slot),
+            (_, GROUP) => dots::<4, GROUP>(group, y, slot),
+            (1, _) => dots::<1, 1>(group, y, slot),
+            (2, _) => dots::<2, 1>(group, y, slot),
+            (3, _) => dots::<3, 1>(group, y, slot),
             _ => dots::<4, 1>(group, y, slot),
         }
         for (o, &s) in src.iter().enumerate() {
@@ -227,19 +337,73 @@ unsafe fn block(
                 q[o * m + j] = slot[j * rows + s] * w[o * r + k + j];
             }
         }
-        let q = &q[..outs * m];
-        ready = false;
-        if m == GROUP && rows == 1 && outs == 1 && end - k >= 2 * GROUP {
-            // One row, one output: the next group's projections stream in from memory while
-            // this group's rows, in the cache, are added to the output.
+        if m == GROUP {
+            axpys_by::<GROUP>(group, &q[..outs * m], sums);
+        } else {
+            axpys_by::<1>(group, &q[..outs * m], sums);
+        }
+        k += m;
+    }
+}
+
+/// Largest dimension at which [`block_one`] computes the next group's projections in the
+/// pass that adds the current group: below it, that group's rows (four of `d` floats), the
+/// next group's, the row of `y` and the output (40 KB at d = 1024) stay in a 48 KB
+/// first-level cache from one pass to the next. Past it the rows come back from the second
+/// level and the overlap cost more than it saved (measured on one core, rows starting on a
+/// cache line: AVX-512, 10 % faster at 512 x 512 and 1024 x 1024, 19 % slower at 1536 x 768,
+/// 31 % slower at 12288 x 1024; AVX2 alike).
+const PIPELINE_MAX_DIM: usize = 1024;
+
+/// [`block`] for one row and one output, with the AVX-512 kernels when `wide`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_one(
+    e: &[f32],
+    d: usize,
+    y: &[f32],
+    w: &[f32],
+    modes: std::ops::Range<usize>,
+    pts: &mut [f32],
+    sums: &mut [f32],
+    wide: bool,
+) {
+    use super::cpu_small_wide as kernels;
+    let pipelined = d <= PIPELINE_MAX_DIM;
+    let (k0, end) = (modes.start, modes.end);
+    let mut k = k0;
+    // Whether the projections of the group at `k` were computed with the previous group.
+    let mut ready = false;
+    while k < end {
+        let m = if end - k >= GROUP { GROUP } else { 1 };
+        let group = &e[k * d..(k + m) * d];
+        let slot = &mut pts[k - k0..k - k0 + m];
+        match (ready, m, wide) {
+            (true, _, _) => {}
+            (_, GROUP, true) => kernels::dots::<GROUP>(group, y, slot),
+            (_, GROUP, false) => dots_one::<GROUP>(group, y, slot),
+            _ => dots::<1, 1>(group, y, slot),
+        }
+        let mut q = [0f32; GROUP];
+        for (j, qj) in q[..m].iter_mut().enumerate() {
+            *qj = slot[j] * w[k + j];
+        }
+        ready = m == GROUP && pipelined && end - k >= 2 * GROUP;
+        if ready {
             let next = &e[(k + GROUP) * d..(k + 2 * GROUP) * d];
             let next_slot = &mut pts[k + GROUP - k0..k + 2 * GROUP - k0];
-            axpys_dots::<GROUP>(group, q, next, y, next_slot, sums);
-            ready = true;
+            if wide {
+                kernels::axpys_dots::<GROUP>(group, &q, next, y, next_slot, sums);
+            } else {
+                axpys_dots::<GROUP>(group, &q, next, y, next_slot, sums);
+            }
+        } else if m == GROUP && wide {
+            kernels::axpys::<GROUP>(group, &q, sums);
         } else if m == GROUP {
-            axpys_by::<GROUP>(group, q, sums);
+            axpys_by::<GROUP>(group, &q, sums);
         } else {
-            axpys_by::<1>(group, q, sums);
+            axpys_by::<1>(group, &q[..1], sums);
         }
         k += m;
     }
@@ -257,6 +421,7 @@ unsafe fn block(
     _: std::ops::Range<usize>,
     _: &mut [f32],
     _: &mut [f32],
+    _: bool,
 ) {
     unreachable!("available() is false off x86_64")
 }
@@ -461,7 +626,7 @@ unsafe fn axpys_dots<const M: usize>(
 /// The elements `from..d` of [`axpys_by`], one at a time.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn axpys_tail<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32], from: usize) {
+pub(crate) fn axpys_tail<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32], from: usize) {
     let d = group.len() / M;
     for t in from..d {
         for (o, qo) in q.chunks_exact(M).enumerate() {
@@ -526,25 +691,88 @@ mod tests {
                     let outs = slabs * rows;
                     let w = f32s(&mut rng, outs * r);
                     let src: Vec<usize> = (0..outs).map(|o| o % rows).collect();
-                    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
-                    for threads in [false, true, true] {
-                        let mut p = vec![f32::NAN; rows * r];
-                        let mut acc = vec![f32::NAN; outs * d];
-                        crate::pool::install(|| {
-                            project_back(&e, d, &y, rows, &w, &src, &mut p, &mut acc, threads)
-                        })
-                        .unwrap();
-                        check(&e, d, &y, &w, &src, &p, &acc);
-                        match &first {
-                            None => first = Some((p, acc)),
-                            Some((p0, acc0)) => {
-                                let bits =
-                                    |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                                assert_eq!(bits(&p), bits(p0), "p {d} {r} {rows} {threads}");
-                                assert_eq!(bits(&acc), bits(acc0), "acc {d} {r} {rows} {threads}");
+                    for wide in kernel_sets() {
+                        let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+                        for threads in [false, true, true] {
+                            let mut p = vec![f32::NAN; rows * r];
+                            let mut acc = vec![f32::NAN; outs * d];
+                            let run = Run { threads, wide };
+                            crate::pool::install(|| {
+                                project_back_with(&e, d, &y, rows, &w, &src, &mut p, &mut acc, run)
+                            })
+                            .unwrap();
+                            check(&e, d, &y, &w, &src, &p, &acc);
+                            let at =
+                                format!("d {d} r {r} rows {rows} threads {threads} wide {wide}");
+                            match &first {
+                                None => first = Some((p, acc)),
+                                Some((p0, acc0)) => {
+                                    assert_eq!(bits(&p), bits(p0), "p {at}");
+                                    assert_eq!(bits(&acc), bits(acc0), "acc {at}");
+                                }
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The kernel sets this CPU runs: AVX2 always, AVX-512 where it has it.
+    fn kernel_sets() -> Vec<bool> {
+        let wide = super::super::cpu_small_wide::available();
+        if !wide {
+            eprintln!("this CPU has no AVX-512: only the AVX2 kernels are tested");
+        }
+        [false, true].into_iter().filter(|&w| !w || wide).collect()
+    }
+
+    /// The AVX-512 back-projection kernels give the bits of the AVX2 ones for the same
+    /// weights (alone and with the next group's dot products, whose values are checked
+    /// against f64 sums), at lengths around both vector widths.
+    #[test]
+    fn wide_back_projection_gives_the_bits_of_the_narrow_one() {
+        use super::super::cpu_small_wide as wide;
+        if !available() || !wide::available() {
+            eprintln!("skipped: this CPU has no AVX-512 (the wide kernels are not used here)");
+            return;
+        }
+        let mut rng = crate::rng::Rng::new(9);
+        let mut f32s = |n: usize| -> Vec<f32> {
+            rng.normals(n)
+                .iter()
+                .map(|&v| (v * 10f64.powf(v)) as f32)
+                .collect()
+        };
+        for d in [1, 7, 8, 15, 16, 17, 31, 33, 100, 1027] {
+            let (group, next, y) = (f32s(GROUP * d), f32s(GROUP * d), f32s(d));
+            let (q, start) = (f32s(GROUP), f32s(d));
+            let (mut narrow, mut wide_sums) = (start.clone(), start.clone());
+            // SAFETY: AVX2/FMA and AVX-512F were checked; every slice has its stated size.
+            unsafe {
+                axpys_by::<GROUP>(&group, &q, &mut narrow);
+                wide::axpys::<GROUP>(&group, &q, &mut wide_sums);
+            }
+            assert_eq!(bits(&wide_sums), bits(&narrow), "axpys d {d}");
+            let (mut narrow, mut wide_sums) = (start.clone(), start);
+            let (mut slot_n, mut slot_w) = ([0f32; GROUP], [0f32; GROUP]);
+            // SAFETY: as above.
+            unsafe {
+                axpys_dots::<GROUP>(&group, &q, &next, &y, &mut slot_n, &mut narrow);
+                wide::axpys_dots::<GROUP>(&group, &q, &next, &y, &mut slot_w, &mut wide_sums);
+            }
+            assert_eq!(bits(&wide_sums), bits(&narrow), "axpys_dots d {d}");
+            let unit = f64::from(f32::EPSILON);
+            for (j, (&n, &w)) in slot_n.iter().zip(&slot_w).enumerate() {
+                let terms = (0..d).map(|i| f64::from(next[j * d + i]) * f64::from(y[i]));
+                let (want, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                for got in [n, w] {
+                    let err = (f64::from(got) - want).abs();
+                    assert!(err <= 2.0 * unit * d as f64 * size, "dot {j} d {d}");
                 }
             }
         }

@@ -9,6 +9,7 @@ pub mod cpu;
 mod cpu_gemm;
 mod cpu_rows;
 mod cpu_small;
+mod cpu_small_wide;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 

@@ -301,7 +301,9 @@ impl<R: Read + Seek> TensorReader<'_, R> {
         let f64s = t.dtype == Dtype::F64;
         let count = (end - start) / size;
         let mut out = Vec::new();
-        out.try_reserve_exact(count).map_err(|_| {
+        // Room to move the values to a cache line in place (`AlignedF32`) without a copy.
+        let room = crate::aligned::LINE / 4;
+        out.try_reserve_exact(count + room).map_err(|_| {
             Error::OutOfMemory(format!(
                 "{}: tensor `{name}` of {count} elements",
                 self.path.display()

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::aligned::AlignedF32;
 use crate::error::{Error, Result};
 
 mod components;
@@ -171,7 +172,7 @@ pub struct Model {
     rank: usize,
     mean: Vec<f32>,
     eigvals: Vec<f64>,
-    eigvecs: Vec<f32>,
+    eigvecs: AlignedF32,
     residual_var: f64,
     meta: ModelMeta,
     id: u64,
@@ -258,6 +259,7 @@ impl Model {
             )));
         }
         crate::pool::install(|| check_orthonormal(&eigvecs, rank, dim))?;
+        let eigvecs = AlignedF32::from_vec(eigvecs, "the eigenvectors")?;
         Ok(Model {
             dim,
             rank,
