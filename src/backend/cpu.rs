@@ -219,11 +219,7 @@ impl<'a, F: Real> Projected<'a, F> {
         }
 
         // Weigh the projections of every slab, and estimate each output row's rounding.
-        let mean_l2 = mean
-            .iter()
-            .map(|&m| f64::from(m) * f64::from(m))
-            .sum::<f64>()
-            .sqrt();
+        let mean_l2 = model.mean_norms().0;
         let unit = F::epsilon_impl().to_f64() / 2.0 * ROUNDING_FACTOR;
         // One slab weighs the projections in place; more copy them first.
         let mut q = if nslab == 1 {
@@ -377,10 +373,7 @@ fn check_range<F: Real>(
     dtype: Dtype,
 ) -> Result<()> {
     let f_max = F::max_positive_impl().to_f64() / 2.0;
-    let mean_max = model
-        .mean()
-        .iter()
-        .fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let mean_max = model.mean_norms().1;
     for (s, (slab, w_max)) in plan.slabs.iter().zip(w_maxes).enumerate() {
         for (i, n) in norms.iter().enumerate() {
             let k = slab.index(i);

@@ -171,6 +171,9 @@ pub struct Model {
     dim: usize,
     rank: usize,
     mean: Vec<f32>,
+    /// ‖mean‖₂ and max |mean_i|, in f64 (the CPU path's range and rounding checks use them
+    /// at every call).
+    mean_norms: (f64, f64),
     eigvals: Vec<f64>,
     eigvecs: AlignedF32,
     residual_var: f64,
@@ -260,10 +263,17 @@ impl Model {
         }
         crate::pool::install(|| check_orthonormal(&eigvecs, rank, dim))?;
         let eigvecs = AlignedF32::from_vec(eigvecs, "the eigenvectors")?;
+        let mean_l2 = mean
+            .iter()
+            .map(|&m| f64::from(m) * f64::from(m))
+            .sum::<f64>()
+            .sqrt();
+        let mean_max = mean.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
         Ok(Model {
             dim,
             rank,
             mean,
+            mean_norms: (mean_l2, mean_max),
             eigvals,
             eigvecs,
             residual_var,
@@ -287,6 +297,10 @@ impl Model {
     /// The mean, length d.
     pub fn mean(&self) -> &[f32] {
         &self.mean
+    }
+    /// ‖mean‖₂ and the largest |mean_i|.
+    pub(crate) fn mean_norms(&self) -> (f64, f64) {
+        self.mean_norms
     }
     /// Mode variances, non-increasing, length r.
     pub fn eigvals(&self) -> &[f64] {
