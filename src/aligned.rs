@@ -2,9 +2,9 @@
 //!
 //! The small-batch kernels read the eigenvector rows in place with 32- and 64-byte loads. A
 //! large `Vec<f32>` from the system allocator starts 16 bytes past a page, so that every
-//! 64-byte load crossed two cache lines: at 3072 x 768, one row, the pass took a third longer
-//! than on the same rows starting on a line. When the dimension is a multiple of 16, every
-//! row of an aligned array starts on a line too.
+//! 64-byte load crossed two cache lines: at 3072 x 768, one row, one core, a scratch loop
+//! took a quarter longer than on the same rows starting on a line. When the dimension is a
+//! multiple of 16, every row of an aligned array starts on a line too.
 
 use crate::error::{Error, Result};
 

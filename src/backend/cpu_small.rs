@@ -1,5 +1,5 @@
 //! Small batches on the CPU: both products of a call in one pass over the eigenvectors, with
-//! AVX2/FMA.
+//! AVX2/FMA (one row with one output: AVX-512 where the CPU has it, `cpu_small_wide`).
 //!
 //! With one to a few rows both products are matrix-vector products, and their time is the
 //! time to stream the `rank x dim` eigenvectors (2.4 MB at d = r = 784, 50 MB at 12288 x 1024)
@@ -350,9 +350,10 @@ unsafe fn block(
 /// pass that adds the current group: below it, that group's rows (four of `d` floats), the
 /// next group's, the row of `y` and the output (40 KB at d = 1024) stay in a 48 KB
 /// first-level cache from one pass to the next. Past it the rows come back from the second
-/// level and the overlap cost more than it saved (measured on one core, rows starting on a
-/// cache line: AVX-512, 10 % faster at 512 x 512 and 1024 x 1024, 19 % slower at 1536 x 768,
-/// 31 % slower at 12288 x 1024; AVX2 alike).
+/// level and the overlap cost more than it saved (a scratch loop on one core, rows starting
+/// on a cache line, AVX-512: 13-15 % faster at 512 x 512 and 1024 x 1024, 22 % slower at
+/// 1536 x 768, 31 % slower at 12288 x 1024; AVX2: 15 % faster at 1024 x 1024, even at
+/// 1536 x 768, 37 % slower at 12288 x 1024).
 const PIPELINE_MAX_DIM: usize = 1024;
 
 /// [`block`] for one row and one output, with the AVX-512 kernels when `wide`.
