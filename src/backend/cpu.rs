@@ -453,7 +453,8 @@ fn project_fused<F: Real>(
         }
     }
     let mut acc = try_vec(outs * d, 0f32, "the output")?;
-    cpu_small::project_back(e, d, y, rows, &w, &src, p, &mut acc, threads)?;
+    let run = cpu_small::Run::new(threads);
+    cpu_small::project_back(e, d, y, rows, &w, &src, p, &mut acc, run)?;
     Ok(Some(acc))
 }
 

@@ -64,6 +64,25 @@ fn parts(r: usize) -> usize {
     r.div_ceil(MIN_BLOCK).clamp(1, MAX_PARTS)
 }
 
+/// How [`project_back`] runs: sharing its blocks with the pool (`threads`), and with the
+/// AVX-512 form of the one-row kernels (`wide`, only where the CPU has AVX-512F).
+#[derive(Clone, Copy)]
+pub(crate) struct Run {
+    threads: bool,
+    wide: bool,
+}
+
+impl Run {
+    /// With the pool when `threads`, and the widest kernels this CPU runs.
+    pub(crate) fn new(threads: bool) -> Run {
+        #[cfg(target_arch = "x86_64")]
+        let wide = super::cpu_small_wide::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        Run { threads, wide }
+    }
+}
+
 /// `p[b][k] = u_k . y_b` and `acc[o] = Σ_k w[o][k] p[src[o]][k] u_k`.
 ///
 /// # Errors
@@ -74,35 +93,6 @@ fn parts(r: usize) -> usize {
 /// exceeds `MAX_ROWS` or `MAX_OUTS`, or [`available`] is false (the caller checks it).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn project_back(
-    e: &[f32],
-    d: usize,
-    y: &[f32],
-    rows: usize,
-    w: &[f32],
-    src: &[usize],
-    p: &mut [f32],
-    acc: &mut [f32],
-    threads: bool,
-) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    let wide = super::cpu_small_wide::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
-    let run = Run { threads, wide };
-    project_back_with(e, d, y, rows, w, src, p, acc, run)
-}
-
-/// How [`project_back`] runs: sharing its blocks with the pool, and with the AVX-512 form of
-/// the one-row kernels.
-#[derive(Clone, Copy)]
-struct Run {
-    threads: bool,
-    wide: bool,
-}
-
-/// [`project_back`] with the kernels chosen by `run` (`run.wide` needs AVX-512F).
-#[allow(clippy::too_many_arguments)]
-fn project_back_with(
     e: &[f32],
     d: usize,
     y: &[f32],
@@ -699,7 +689,7 @@ mod tests {
                             let mut acc = vec![f32::NAN; outs * d];
                             let run = Run { threads, wide };
                             crate::pool::install(|| {
-                                project_back_with(&e, d, &y, rows, &w, &src, &mut p, &mut acc, run)
+                                project_back(&e, d, &y, rows, &w, &src, &mut p, &mut acc, run)
                             })
                             .unwrap();
                             check(&e, d, &y, &w, &src, &p, &acc);

@@ -21,22 +21,7 @@ pub(crate) fn available() -> bool {
 /// The CPU has AVX-512F ([`available`]); `group` holds `M` rows of `y.len()`; `slot` `M`.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn dots<const M: usize>(group: &[f32], y: &[f32], slot: &mut [f32]) {
-    let d = y.len();
-    debug_assert!(group.len() == M * d && slot.len() == M);
-    let g = group.as_ptr();
-    let mut acc = [_mm512_setzero_ps(); M];
-    let vec_end = d - d % 16;
-    let mut i = 0;
-    while i < vec_end {
-        let yv = _mm512_loadu_ps(y.as_ptr().add(i));
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_loadu_ps(g.add(j * d + i)), yv, *a);
-        }
-        i += 16;
-    }
-    for (j, &v) in acc.iter().enumerate() {
-        slot[j] = finish_dot(v, &group[j * d..(j + 1) * d], y, vec_end);
-    }
+    pass::<M, false, true>(y.len(), &[], &[], group, y, slot, &mut []);
 }
 
 /// `sums[i] += Σ_j q[j] group[j * d + i]`, the `M` rows j in order.
@@ -45,21 +30,7 @@ pub(crate) unsafe fn dots<const M: usize>(group: &[f32], y: &[f32], slot: &mut [
 /// The CPU has AVX-512F; `group` holds `M` rows of `sums.len()`; `q` `M` weights.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn axpys<const M: usize>(group: &[f32], q: &[f32], sums: &mut [f32]) {
-    let d = sums.len();
-    debug_assert!(group.len() == M * d && q.len() == M);
-    let (g, out) = (group.as_ptr(), sums.as_mut_ptr());
-    let qv: [__m512; M] = std::array::from_fn(|j| _mm512_set1_ps(q[j]));
-    let vec_end = d - d % 16;
-    let mut i = 0;
-    while i < vec_end {
-        let mut acc = _mm512_loadu_ps(out.add(i));
-        for (j, &qj) in qv.iter().enumerate() {
-            acc = _mm512_fmadd_ps(qj, _mm512_loadu_ps(g.add(j * d + i)), acc);
-        }
-        _mm512_storeu_ps(out.add(i), acc);
-        i += 16;
-    }
-    super::cpu_small::axpys_tail::<M>(group, q, sums, vec_end);
+    pass::<M, true, false>(sums.len(), group, q, &[], &[], &mut [], sums);
 }
 
 /// [`axpys`] of `group` and, in the same pass, [`dots`] of `next` into `slot`: the loads of
@@ -76,29 +47,52 @@ pub(crate) unsafe fn axpys_dots<const M: usize>(
     slot: &mut [f32],
     sums: &mut [f32],
 ) {
-    let d = sums.len();
-    debug_assert!(group.len() == M * d && next.len() == M * d && y.len() == d);
-    debug_assert!(q.len() == M && slot.len() == M);
+    pass::<M, true, true>(sums.len(), group, q, next, y, slot, sums);
+}
+
+/// One pass over `d` columns, 16 at a time: with `AXPY`, [`axpys`] of `group` into `sums`;
+/// with `DOT`, [`dots`] of `next` into `slot`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn pass<const M: usize, const AXPY: bool, const DOT: bool>(
+    d: usize,
+    group: &[f32],
+    q: &[f32],
+    next: &[f32],
+    y: &[f32],
+    slot: &mut [f32],
+    sums: &mut [f32],
+) {
+    assert!(!AXPY || (group.len() == M * d && q.len() == M && sums.len() == d));
+    assert!(!DOT || (next.len() == M * d && y.len() == d && slot.len() == M));
     let (g, n, out) = (group.as_ptr(), next.as_ptr(), sums.as_mut_ptr());
-    let qv: [__m512; M] = std::array::from_fn(|j| _mm512_set1_ps(q[j]));
+    let qv: [__m512; M] = std::array::from_fn(|j| _mm512_set1_ps(if AXPY { q[j] } else { 0.0 }));
     let mut dot = [_mm512_setzero_ps(); M];
     let vec_end = d - d % 16;
     let mut i = 0;
     while i < vec_end {
-        let yv = _mm512_loadu_ps(y.as_ptr().add(i));
-        for (j, a) in dot.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(_mm512_loadu_ps(n.add(j * d + i)), yv, *a);
+        if DOT {
+            let yv = _mm512_loadu_ps(y.as_ptr().add(i));
+            for (j, a) in dot.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(n.add(j * d + i)), yv, *a);
+            }
         }
-        let mut acc = _mm512_loadu_ps(out.add(i));
-        for (j, &qj) in qv.iter().enumerate() {
-            acc = _mm512_fmadd_ps(qj, _mm512_loadu_ps(g.add(j * d + i)), acc);
+        if AXPY {
+            let mut acc = _mm512_loadu_ps(out.add(i));
+            for (j, &qj) in qv.iter().enumerate() {
+                acc = _mm512_fmadd_ps(qj, _mm512_loadu_ps(g.add(j * d + i)), acc);
+            }
+            _mm512_storeu_ps(out.add(i), acc);
         }
-        _mm512_storeu_ps(out.add(i), acc);
         i += 16;
     }
-    super::cpu_small::axpys_tail::<M>(group, q, sums, vec_end);
-    for (j, &v) in dot.iter().enumerate() {
-        slot[j] = finish_dot(v, &next[j * d..(j + 1) * d], y, vec_end);
+    if AXPY {
+        super::cpu_small::axpys_tail::<M>(group, q, sums, vec_end);
+    }
+    if DOT {
+        for (j, &v) in dot.iter().enumerate() {
+            slot[j] = finish_dot(v, &next[j * d..(j + 1) * d], y, vec_end);
+        }
     }
 }
 
