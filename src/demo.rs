@@ -205,7 +205,7 @@ pub struct Dataset {
 pub fn load_csv(path: &Path) -> Result<Dataset> {
     let mut rows = Vec::new();
     let mut labels = Vec::new();
-    let dim = read_csv(path, Scale::PIXELS, false, &mut |chunk, _, chunk_labels| {
+    let dim = read_csv(path, Scale::PIXELS, None, &mut |chunk, _, chunk_labels| {
         rows.extend(chunk.iter().map(|&v| v as f32));
         labels.extend_from_slice(chunk_labels);
         Ok(())

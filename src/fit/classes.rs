@@ -78,7 +78,8 @@ pub fn classes_from_path(
     let (item_shape, value_space) = match labels {
         LabelSource::Auto if is_csv(path) => {
             let scale = opts.scale.unwrap_or(Scale::PIXELS);
-            let dim = read_csv(path, scale, opts.progress, &mut |rows, dim, labels| {
+            let show = opts.progress.then_some("reading");
+            let dim = read_csv(path, scale, show, &mut |rows, dim, labels| {
                 rows.chunks_exact(dim)
                     .zip(labels)
                     .try_for_each(|(row, l)| add(l.to_string(), row))

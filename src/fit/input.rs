@@ -208,9 +208,8 @@ fn stream_in_pool(
     }
     if is_csv(path) {
         let scale = opts.scale.unwrap_or(Scale::PIXELS);
-        let dim = read_csv(path, scale, opts.progress, &mut |rows, dim, _labels| {
-            sink(rows, dim)
-        })?;
+        let show = opts.progress.then_some(label);
+        let dim = read_csv(path, scale, show, &mut |rows, dim, _labels| sink(rows, dim))?;
         return Ok((csv_item_shape(dim), scale.value_space()));
     }
     let ext = extension(path);
@@ -466,7 +465,8 @@ pub type CsvSink<'a> = dyn FnMut(&[f64], usize, &[i64]) -> Result<()> + Send + '
 /// Streams a CSV dataset in the layout of the bundled MNIST file into `sink`, a few thousand
 /// rows at a time: one item per line, its values 0–255 (integers or decimals, mapped by
 /// `scale`), then an integer label; gzip-compressed when the file starts with the gzip magic
-/// bytes. Returns the number of values per item.
+/// bytes. Returns the number of values per item. With `progress`, a spinner on stderr shows
+/// that text and the items read so far (e.g. `"reading"`, `"pass 2/3"`).
 ///
 /// # Errors
 /// `Io` when the file cannot be read; `FileFormat` naming the line for a field that is not a
@@ -475,7 +475,7 @@ pub type CsvSink<'a> = dyn FnMut(&[f64], usize, &[i64]) -> Result<()> + Send + '
 pub fn read_csv(
     path: &Path,
     scale: Scale,
-    progress: bool,
+    progress: Option<&str>,
     sink: &mut CsvSink<'_>,
 ) -> Result<usize> {
     use std::io::BufRead;
@@ -490,12 +490,12 @@ pub fn read_csv(
     } else {
         Box::new(BufReader::new(file))
     };
-    let pb = if progress {
+    let pb = if let Some(label) = progress {
         let pb = ProgressBar::new_spinner();
         pb.set_style(
-            ProgressStyle::with_template("reading {pos} items ({per_sec})")
-                .expect("valid template"),
+            ProgressStyle::with_template("{msg} {pos} items ({per_sec})").expect("valid template"),
         );
+        pb.set_message(label.to_string());
         pb
     } else {
         ProgressBar::hidden()
