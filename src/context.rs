@@ -579,11 +579,14 @@ impl Context {
                 }
                 None => {
                     let components = components.expect("mixed rows have components");
-                    for k in 0..model.n_components() {
-                        if components.contains(&(k as u32)) {
-                            let part = model.part(k);
-                            op.check(part.eigvals(), part.residual_var(), batch)?;
-                        }
+                    // Each component the rows use, once (`rows::check` bounded the indices).
+                    let mut used = vec![false; model.n_components()];
+                    for &c in components {
+                        used[c as usize] = true;
+                    }
+                    for k in (0..used.len()).filter(|&k| used[k]) {
+                        let part = model.part(k);
+                        op.check(part.eigvals(), part.residual_var(), batch)?;
                     }
                     // SAFETY: as above.
                     unsafe {
