@@ -266,14 +266,10 @@ fn sum_in_order(dst: &mut [f32], partials: &[f32], from: usize, stride: usize, p
         out.copy_from_slice(&sums);
     }
     for (i, out) in dst.iter_mut().enumerate().skip(whole) {
-        *out = (0..parts).fold(0f32, |s, b| {
-            let v = partials[b * stride + from + i];
-            if b == 0 {
-                v
-            } else {
-                s + v
-            }
-        });
+        *out = partials[from + i];
+        for b in 1..parts {
+            *out += partials[b * stride + from + i];
+        }
     }
 }
 
@@ -462,6 +458,14 @@ unsafe fn finish_dot(
 ) -> f32 {
     let mut lanes = [0f32; 8];
     std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), v);
+    sum_lanes_and_tail(&lanes, e_row, y_row, from)
+}
+
+/// The lanes of a dot product's accumulator summed in lane order, then the elements `from..`
+/// of `e_row` and `y_row` past them added one at a time (for both kernel widths).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn sum_lanes_and_tail(lanes: &[f32], e_row: &[f32], y_row: &[f32], from: usize) -> f32 {
     let mut total = lanes.iter().sum::<f32>();
     for (&e, &y) in e_row[from..].iter().zip(&y_row[from..]) {
         total += e * y;

@@ -102,9 +102,5 @@ unsafe fn pass<const M: usize, const AXPY: bool, const DOT: bool>(
 unsafe fn finish_dot(v: __m512, e_row: &[f32], y_row: &[f32], from: usize) -> f32 {
     let mut lanes = [0f32; 16];
     _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-    let mut total = lanes.iter().sum::<f32>();
-    for (&e, &y) in e_row[from..].iter().zip(&y_row[from..]) {
-        total += e * y;
-    }
-    total
+    super::cpu_small::sum_lanes_and_tail(&lanes, e_row, y_row, from)
 }
